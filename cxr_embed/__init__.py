@@ -1,0 +1,75 @@
+"""cxr_embed: chest-radiograph embeddings from pretrained Keras CNNs.
+
+Extract embeddings once (batched, cached in a self-describing HDF5 store), then
+fit, stack, evaluate and explain classical classifiers on them in seconds.
+
+Importing the package is cheap and has no side effects: TensorFlow, Keras and
+the other heavy libraries load only when a name that needs them is first used.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._version import __version__
+from .exceptions import *  # noqa: F401,F403  (small, dependency-free)
+from .exceptions import __all__ as _exc_all
+
+# public name -> module that defines it (loaded lazily, PEP 562)
+_LAZY = {
+    # reading
+    "read_image": "cxr_embed.io.images",
+    "read_dicom": "cxr_embed.io.dicom",
+    "is_dicom": "cxr_embed.io.dicom",
+    "load_manifest": "cxr_embed.io.manifest",
+    "summarize_manifest": "cxr_embed.io.manifest",
+    "prepare_image": "cxr_embed.preprocessing",
+    # embeddings
+    "Backbone": "cxr_embed.backbones",
+    "list_backbones": "cxr_embed.backbones",
+    "EmbeddingStore": "cxr_embed.store",
+    "merge": "cxr_embed.store",
+    "extract": "cxr_embed.extraction",
+    "ExtractionReport": "cxr_embed.extraction",
+    # labels, classifiers, validation, metrics
+    "apply_uncertainty": "cxr_embed.labels",
+    "make_classifier": "cxr_embed.classifiers",
+    "MultiLabelClassifier": "cxr_embed.classifiers",
+    "grouped_kfold": "cxr_embed.validation",
+    "check_no_leakage": "cxr_embed.validation",
+    "cross_validate_grouped": "cxr_embed.validation",
+    "external_validation": "cxr_embed.validation",
+    "nested_cv": "cxr_embed.validation",
+    "learning_curve_patients": "cxr_embed.validation",
+    "evaluate_predictions": "cxr_embed.metrics",
+    "roc_auc_ci": "cxr_embed.metrics",
+    "delong_test": "cxr_embed.metrics",
+    "save_model": "cxr_embed.persistence",
+    "load_model": "cxr_embed.persistence",
+    "write_report": "cxr_embed.report",
+    # transfer approaches
+    "StackedEnsemble": "cxr_embed.stacking",
+    "average_predictions": "cxr_embed.stacking",
+    "entropy_weights": "cxr_embed.stacking",
+    "finetune": "cxr_embed.finetune",
+    "compare_transfer": "cxr_embed.compare",
+    # explanations
+    "explain": "cxr_embed.explain",
+    "Saliency": "cxr_embed.explain",
+    "save_overlay": "cxr_embed.explain",
+}
+
+__all__ = ["__version__", *_exc_all, *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cxr_embed' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

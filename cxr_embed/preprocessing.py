@@ -1,0 +1,107 @@
+"""Turn a decoded radiograph into a CNN input: resize/pad/crop and gray -> 3 channels.
+
+Pure numpy + Pillow; the backbone-specific normalisation (caffe, torch, tf modes)
+lives inside each :class:`~cxr_embed.Backbone` model, not here.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["prepare_image", "preprocessing_config", "RESIZE_MODES"]
+
+RESIZE_MODES = ("pad", "resize", "crop")
+
+
+def preprocessing_config(size=(224, 224), mode: str = "pad") -> dict:
+    """Describe the preprocessing, for fingerprints and file attributes.
+
+    Parameters
+    ----------
+    size : tuple of int (h, w)
+        Target size.
+    mode : {"pad", "resize", "crop"}
+        How the aspect ratio is handled.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable description.
+
+    Examples
+    --------
+    >>> preprocessing_config((224, 224), "pad")["mode"]
+    'pad'
+    """
+    _check_mode(mode)
+    h, w = _size(size)
+    return {"size": [h, w], "mode": mode, "channels": "gray3", "range": [0.0, 255.0], "interpolation": "bilinear", "version": 1}
+
+
+def _check_mode(mode):
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
+
+
+def _size(size):
+    if isinstance(size, int):
+        return size, size
+    h, w = (int(s) for s in size)
+    if h < 1 or w < 1:
+        raise ValueError(f"size must be positive, got {size!r}")
+    return h, w
+
+
+def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    if image.shape == (h, w):
+        return image.astype(np.float32, copy=False)
+    pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F")
+    return np.asarray(pil.resize((w, h), Image.BILINEAR), dtype=np.float32)
+
+
+def prepare_image(image: np.ndarray, size=(224, 224), *, mode: str = "pad") -> np.ndarray:
+    """Resize a radiograph and repeat it to three channels.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W)
+        Float image in [0, 1] as returned by :func:`cxr_embed.read_image`.
+    size : tuple of int (h, w) or int
+        Target size.
+    mode : {"pad", "resize", "crop"}
+        ``"pad"`` keeps the aspect ratio and pads with black (air), ``"resize"`` stretches,
+        ``"crop"`` scales the short side to fit and centre-crops.
+
+    Returns
+    -------
+    ndarray of shape (h, w, 3), float32 in [0, 255]
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> prepare_image(np.zeros((100, 50), np.float32), (64, 64)).shape
+    (64, 64, 3)
+    """
+    _check_mode(mode)
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D grayscale image of shape (H, W), got shape {image.shape}")
+    h, w = _size(size)
+    H, W = image.shape
+    if mode == "resize":
+        out = _resize(image, h, w)
+    elif mode == "pad":
+        scale = min(h / H, w / W)
+        nh, nw = max(1, round(H * scale)), max(1, round(W * scale))
+        small = _resize(image, nh, nw)
+        out = np.zeros((h, w), np.float32)
+        top, left = (h - nh) // 2, (w - nw) // 2
+        out[top : top + nh, left : left + nw] = small
+    else:  # crop
+        scale = max(h / H, w / W)
+        nh, nw = max(h, round(H * scale)), max(w, round(W * scale))
+        big = _resize(image, nh, nw)
+        top, left = (nh - h) // 2, (nw - w) // 2
+        out = big[top : top + h, left : left + w]
+    out = np.clip(out, 0.0, 1.0) * 255.0
+    return np.repeat(out[:, :, None], 3, axis=2).astype(np.float32, copy=False)
