@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-__all__ = ["prepare_image", "preprocessing_config", "RESIZE_MODES"]
+__all__ = ["prepare_image", "preprocessing_config", "restore_map", "RESIZE_MODES"]
 
 RESIZE_MODES = ("pad", "resize", "crop")
 
@@ -59,6 +59,65 @@ def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.asarray(pil.resize((w, h), Image.BILINEAR), dtype=np.float32)
 
 
+def _geometry(shape, size, mode):
+    """Scaled size (nh, nw) of the image and its offset (top, left) in the output frame.
+
+    Offsets are >= 0 for ``pad`` (image inside the frame) and <= 0 for ``crop``
+    (frame inside the image).
+    """
+    (H, W), (h, w) = shape, size
+    if mode == "resize":
+        return h, w, 0, 0
+    if mode == "pad":
+        scale = min(h / H, w / W)
+        nh, nw = max(1, round(H * scale)), max(1, round(W * scale))
+    else:
+        scale = max(h / H, w / W)
+        nh, nw = max(h, round(H * scale)), max(w, round(W * scale))
+    return nh, nw, (h - nh) // 2, (w - nw) // 2
+
+
+def restore_map(values: np.ndarray, original_shape, *, mode: str = "pad") -> np.ndarray:
+    """Map a per-pixel array in model-input coordinates back onto the original image.
+
+    The inverse of the geometry of :func:`prepare_image`: padding is removed, the map is
+    resized to the original size, and for ``mode="crop"`` the cropped-away border is 0.
+
+    Parameters
+    ----------
+    values : ndarray of shape (h, w)
+        For example a saliency map computed on the model input.
+    original_shape : tuple of int (H, W)
+        Shape of the image before :func:`prepare_image`.
+    mode : {"pad", "resize", "crop"}
+        The mode that was used by :func:`prepare_image`.
+
+    Returns
+    -------
+    ndarray of shape (H, W), float32
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> restore_map(np.ones((64, 64)), (100, 50)).shape
+    (100, 50)
+    """
+    _check_mode(mode)
+    values = np.asarray(values, dtype=np.float32)
+    if values.ndim != 2:
+        raise ValueError(f"expected a 2-D map of shape (h, w), got shape {values.shape}")
+    H, W = (int(s) for s in original_shape)
+    h, w = values.shape
+    nh, nw, top, left = _geometry((H, W), (h, w), mode)
+    if mode == "pad":
+        return _resize(values[top : top + nh, left : left + nw], H, W)
+    if mode == "resize":
+        return _resize(values, H, W)
+    canvas = np.zeros((nh, nw), np.float32)
+    canvas[-top : -top + h, -left : -left + w] = values
+    return _resize(canvas, H, W)
+
+
 def prepare_image(image: np.ndarray, size=(224, 224), *, mode: str = "pad") -> np.ndarray:
     """Resize a radiograph and repeat it to three channels.
 
@@ -87,21 +146,12 @@ def prepare_image(image: np.ndarray, size=(224, 224), *, mode: str = "pad") -> n
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image of shape (H, W), got shape {image.shape}")
     h, w = _size(size)
-    H, W = image.shape
-    if mode == "resize":
-        out = _resize(image, h, w)
-    elif mode == "pad":
-        scale = min(h / H, w / W)
-        nh, nw = max(1, round(H * scale)), max(1, round(W * scale))
-        small = _resize(image, nh, nw)
+    nh, nw, top, left = _geometry(image.shape, (h, w), mode)
+    scaled = _resize(image, nh, nw)
+    if mode == "pad":
         out = np.zeros((h, w), np.float32)
-        top, left = (h - nh) // 2, (w - nw) // 2
-        out[top : top + nh, left : left + nw] = small
-    else:  # crop
-        scale = max(h / H, w / W)
-        nh, nw = max(h, round(H * scale)), max(w, round(W * scale))
-        big = _resize(image, nh, nw)
-        top, left = (nh - h) // 2, (nw - w) // 2
-        out = big[top : top + h, left : left + w]
+        out[top : top + nh, left : left + nw] = scaled
+    else:  # resize (top = left = 0) or crop (negative offsets into the scaled image)
+        out = scaled[-top : -top + h, -left : -left + w]
     out = np.clip(out, 0.0, 1.0) * 255.0
     return np.repeat(out[:, :, None], 3, axis=2).astype(np.float32, copy=False)

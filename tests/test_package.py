@@ -93,3 +93,17 @@ def test_preprocessing_config_is_json_and_distinguishes_modes():
 
     a, b = preprocessing_config((224, 224), "pad"), preprocessing_config((224, 224), "crop")
     assert json.loads(json.dumps(a)) == a and a != b
+
+
+@pytest.mark.parametrize("mode", ["pad", "resize", "crop"])
+def test_restore_map_inverts_prepare_geometry(mode):
+    from cxr_embed.preprocessing import restore_map
+
+    img = np.zeros((120, 80), np.float32)
+    img[30:50, 20:40] = 1.0  # a bright square
+    prepared = prepare_image(img, (64, 64), mode=mode)[..., 0] / 255.0
+    back = restore_map(prepared, img.shape, mode=mode)
+    assert back.shape == img.shape
+    peak = np.unravel_index(np.argmax(back), back.shape)
+    assert 28 <= peak[0] <= 52 and 18 <= peak[1] <= 42
+    assert np.corrcoef(back.ravel(), img.ravel())[0, 1] > 0.9

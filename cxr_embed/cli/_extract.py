@@ -1,0 +1,109 @@
+"""``cxr-embed extract`` and ``cxr-embed store info``: fill and inspect an embedding store."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``extract`` and ``store`` subcommands.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The object returned by ``ArgumentParser.add_subparsers``.
+
+    Examples
+    --------
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> register(parser.add_subparsers(dest="command"))
+    >>> parser.parse_args(["store", "info", "emb.h5", "--json"]).json
+    True
+    """
+    p = subparsers.add_parser(
+        "extract", help="embed every image of a manifest into an HDF5 store (resumable)",
+        description="Read the images of a manifest, run them through a backbone in batches and append the "
+                    "embeddings to an HDF5 store. Ids already in the store are skipped, so re-running after "
+                    "an interruption computes only what is missing.")
+    p.add_argument("--manifest", required=True, help="dataset table or folder (anything load_manifest reads)")
+    p.add_argument("--backbone", required=True,
+                   help="backbone name (e.g. efficientnet_lite0, densenet121) or a .keras model file")
+    p.add_argument("--weights", default=None,
+                   help="'imagenet' (default for names), 'none' for random weights, or a weights file")
+    p.add_argument("--layer", default=None, help="layer to tap (default: the last convolutional activations)")
+    p.add_argument("--pooling", default="avg", help="pooling of the tapped layer: avg (default), max, gem")
+    p.add_argument("--preprocess", default="none",
+                   help="for a .keras file: input normalisation mode (none, caffe, torch, tf); default none")
+    p.add_argument("--store", required=True, help="HDF5 store (created if missing)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decoding worker processes (default: CPU count - 1, at most 8; 0 = in-process)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16"], help="storage type of a new group")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=_cmd_extract)
+
+    s = subparsers.add_parser("store", help="inspect an embedding store",
+                              description="Inspect an HDF5 embedding store written by cxr_embed.")
+    ssub = s.add_subparsers(dest="store_command", metavar="ACTION")
+    info = ssub.add_parser("info", help="backbones, counts, dimensions and configuration of a store")
+    info.add_argument("store", help="HDF5 store")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(func=_cmd_store_info)
+    s.set_defaults(func=lambda args: (s.print_help(), 2)[1])
+
+
+def _backbone(args):
+    import cxr_embed
+
+    if args.backbone.endswith((".keras", ".h5")) or os.path.isfile(args.backbone):
+        return cxr_embed.Backbone.from_keras(args.backbone, layer=args.layer, preprocess=args.preprocess,
+                                             pooling=args.pooling)
+    weights: Any = "imagenet" if args.weights is None else args.weights
+    if isinstance(weights, str) and weights.lower() == "none":
+        weights = None
+    return cxr_embed.Backbone(args.backbone, weights=weights, layer=args.layer, pooling=args.pooling)
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    import cxr_embed
+
+    manifest = cxr_embed.load_manifest(args.manifest)
+    backbone = _backbone(args)
+    report = cxr_embed.extract(manifest, backbone, args.store, batch_size=args.batch_size,
+                               workers=args.workers, progress=args.progress, dtype=args.dtype)
+    if args.json:
+        d = dict(vars(report))
+        d["failures"] = [list(f) for f in report.failures]
+        print(json.dumps(d))
+    else:
+        print(report)
+    return 1 if report.n_failed and not report.n_done and not report.n_cached else 0
+
+
+def _cmd_store_info(args: argparse.Namespace) -> int:
+    import cxr_embed
+
+    info = cxr_embed.EmbeddingStore(args.store, mode="r").info()
+    if args.json:
+        print(json.dumps(info, default=str))
+        return 0
+    print(f"store:    {info['path']}")
+    print(f"format:   {info['format']} v{info.get('format_version')}  (library {info.get('library_version')}, "
+          f"tensorflow {info.get('tensorflow_version', 'unknown')})")
+    print(f"created:  {info.get('created')}   updated: {info.get('updated')}")
+    if info.get("pending_journal_batches"):
+        print(f"journal:  {info['pending_journal_batches']} batches not yet compacted (a writer is running or was killed)")
+    if not info["backbones"]:
+        print("backbones: none")
+    for fp, b in info["backbones"].items():
+        cfg = b["config"]
+        name = cfg.get("name", "?") if isinstance(cfg, dict) else "?"
+        print(f"- {fp[:12]}  {name}: {b['count']} embeddings x {b['dim']} ({b['dtype']})")
+        print(f"    config: {json.dumps(cfg, sort_keys=True, default=str)}")
+    return 0
