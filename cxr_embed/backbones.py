@@ -359,6 +359,8 @@ def _flat_copy(model, inputs):
         outs = m._run_through_graph(x, operation_fn=operation_fn)
         return outs, by_name
 
+    if isinstance(model, keras.Sequential):
+        return operation_fn(model)(inputs), by_name
     return _flat_graph(model, inputs)
 
 
@@ -675,7 +677,9 @@ class Backbone:
                     f"cannot load Keras model {source_path!r}: {e}; it must be a full model saved with "
                     "model.save('x.keras'), and custom layers must be registered before loading"
                 ) from e
-        if not isinstance(user, keras.Model) or not hasattr(user, "_run_through_graph"):
+        if not isinstance(user, (keras.Sequential, keras.Model)) or not (
+            isinstance(user, keras.Sequential) or hasattr(user, "_run_through_graph")
+        ):
             raise BackboneError(f"from_keras needs a Functional or Sequential keras.Model, got {type(user).__name__}; subclassed models have no graph to tap")
         if len(user.inputs) != 1:
             raise BackboneError(f"from_keras needs a single-input model, {user.name!r} has {len(user.inputs)} inputs")
@@ -774,7 +778,7 @@ class Backbone:
         """
         if self._feature_model is None:
             outs = [self.model.get_layer(t).output for t in self._taps]
-            self._feature_model = keras.Model(self.model.inputs, outs[0] if len(outs) == 1 else outs,
+            self._feature_model = keras.Model(self.model.input, outs[0] if len(outs) == 1 else outs,
                                               name=f"{self.model.name}_features")
         return self._feature_model
 

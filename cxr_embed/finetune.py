@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ import pandas as pd
 from keras import ops
 
 from ._version import __version__
-from .exceptions import ManifestError
+from .exceptions import ManifestError, MissingFilesError
 
 __all__ = ["finetune", "predict_finetuned", "FineTuneResult", "MaskedBinaryCrossentropy", "HEAD_LAYER"]
 
@@ -601,6 +602,10 @@ def finetune(
     ------
     ManifestError
         Missing label or ``patient_id`` columns.
+    MissingFilesError
+        Image files named by the manifest do not exist (checked before training).
+    ImageReadError
+        A file exists but cannot be decoded (raised when its batch is read).
     LeakageError
         If the validation split were to share patients with training (cannot happen by
         construction; checked anyway).
@@ -656,7 +661,14 @@ def finetune(
     else:
         if "path" not in manifest.columns:
             raise ManifestError("finetune needs a 'path' column (or images=); fix: load the table with cxr_embed.load_manifest")
-        load = _manifest_loader(manifest["path"].astype(str).tolist(), backbone.prepare)
+        paths = manifest["path"].astype(str).tolist()
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:  # fail before training, not in the middle of an epoch
+            raise MissingFilesError(
+                f"{len(missing)} of {len(paths)} image files named by the manifest do not exist, e.g. {missing[:3]}; "
+                "fix: check the manifest's root= or pass images="
+            )
+        load = _manifest_loader(paths, backbone.prepare)
 
     rng = np.random.default_rng(random_state)
     seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=4)]

@@ -18,11 +18,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 __all__ = [
     "AUCInterval",
@@ -226,13 +228,13 @@ def _report_skipped(n_skipped: int, n_bootstrap: int, what: str) -> None:
 
 
 def roc_auc_ci(
-    y_true,
-    y_score,
+    y_true: ArrayLike,
+    y_score: ArrayLike,
     *,
-    groups=None,
+    groups: ArrayLike | None = None,
     n_bootstrap: int = 2000,
     ci: float = 0.95,
-    random_state=None,
+    random_state: int | np.random.Generator | np.random.RandomState | None = None,
 ) -> AUCInterval:
     """ROC AUC with a percentile bootstrap confidence interval over patients.
 
@@ -318,7 +320,7 @@ def _fast_delong(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndar
     return aucs, s01 / m + s10 / n
 
 
-def delong_roc_variance(y_true, y_score) -> tuple[float, float]:
+def delong_roc_variance(y_true: ArrayLike, y_score: ArrayLike) -> tuple[float, float]:
     """ROC AUC and its DeLong variance (fast algorithm of Sun & Xu, 2014).
 
     Parameters
@@ -353,7 +355,7 @@ def _need_both_classes(y: np.ndarray, what: str) -> None:
         raise ValueError(f"{what}: y_true holds a single class ({y.shape[0]} images); ROC AUC needs both.")
 
 
-def delong_test(y_true, score_a, score_b) -> tuple[float, float, float, float]:
+def delong_test(y_true: ArrayLike, score_a: ArrayLike, score_b: ArrayLike) -> tuple[float, float, float, float]:
     """DeLong test for two correlated ROC AUCs measured on the same images.
 
     Parameters
@@ -415,7 +417,7 @@ def delong_test(y_true, score_a, score_b) -> tuple[float, float, float, float]:
 
 
 # --------------------------------------------------------------------------- thresholds
-def youden_threshold(y_true, y_score) -> float:
+def youden_threshold(y_true: ArrayLike, y_score: ArrayLike) -> float:
     """Threshold maximising Youden's J = sensitivity + specificity - 1.
 
     Parameters
@@ -445,7 +447,7 @@ def youden_threshold(y_true, y_score) -> float:
     return float(thr[k])
 
 
-def threshold_at_specificity(y_true, y_score, specificity: float = 0.9) -> float:
+def threshold_at_specificity(y_true: ArrayLike, y_score: ArrayLike, specificity: float = 0.9) -> float:
     """Lowest threshold whose specificity is still ``>= specificity``.
 
     Among all thresholds achieving at least the requested specificity this one has the
@@ -481,7 +483,7 @@ def threshold_at_specificity(y_true, y_score, specificity: float = 0.9) -> float
     return float(thr[ok[-1]])  # fpr is non-decreasing as the threshold falls
 
 
-def confusion_metrics(y_true, y_score, threshold: float) -> dict[str, float]:
+def confusion_metrics(y_true: ArrayLike, y_score: ArrayLike, threshold: float) -> dict[str, float]:
     """Sensitivity, specificity, PPV and NPV when ``score >= threshold`` is positive.
 
     Parameters
@@ -523,7 +525,7 @@ def confusion_metrics(y_true, y_score, threshold: float) -> dict[str, float]:
     }
 
 
-def operating_points(y_true, y_score, *, specificity: float = 0.9) -> dict[str, dict[str, float]]:
+def operating_points(y_true: ArrayLike, y_score: ArrayLike, *, specificity: float = 0.9) -> dict[str, dict[str, float]]:
     """:func:`confusion_metrics` at the Youden threshold and at a fixed specificity.
 
     Parameters
@@ -560,7 +562,7 @@ def _check_prob(p: np.ndarray) -> None:
         )
 
 
-def brier_score(y_true, y_prob) -> float:
+def brier_score(y_true: ArrayLike, y_prob: ArrayLike) -> float:
     """Mean squared difference between probability and outcome (``sklearn.metrics.brier_score_loss``).
 
     Parameters
@@ -593,7 +595,7 @@ def _bin_ids(p: np.ndarray, n_bins: int) -> np.ndarray:
     return np.searchsorted(edges[1:-1], p)
 
 
-def expected_calibration_error(y_true, y_prob, *, n_bins: int = 10) -> float:
+def expected_calibration_error(y_true: ArrayLike, y_prob: ArrayLike, *, n_bins: int = 10) -> float:
     """Expected calibration error with equal-width probability bins.
 
     ``ECE = sum_b (n_b / n) * |mean(y in b) - mean(p in b)|`` over ``n_bins`` bins of
@@ -632,7 +634,7 @@ def expected_calibration_error(y_true, y_prob, *, n_bins: int = 10) -> float:
     return float(round(np.sum(total[nz] / y.shape[0] * gap), 15))
 
 
-def reliability_curve(y_true, y_prob, *, n_bins: int = 10, strategy: str = "uniform") -> pd.DataFrame:
+def reliability_curve(y_true: ArrayLike, y_prob: ArrayLike, *, n_bins: int = 10, strategy: str = "uniform") -> pd.DataFrame:
     """Reliability (calibration) curve with the number of images per bin.
 
     Wraps ``sklearn.calibration.calibration_curve``; empty bins are left out.
@@ -671,7 +673,7 @@ def reliability_curve(y_true, y_prob, *, n_bins: int = 10, strategy: str = "unif
 
 
 # --------------------------------------------------------------------------- subgroups
-def age_bands(ages, edges: Sequence[float] = (0, 18, 40, 60, 80)) -> np.ndarray:
+def age_bands(ages: ArrayLike, edges: Sequence[float] = (0, 18, 40, 60, 80)) -> np.ndarray:
     """Age in years -> band labels such as ``"18-39"`` and ``"80+"``.
 
     Parameters
@@ -710,15 +712,15 @@ def _fmt_age(x: float) -> str:
 
 
 def subgroup_auc(
-    y_true,
-    y_score,
-    subgroup,
+    y_true: ArrayLike,
+    y_score: ArrayLike,
+    subgroup: ArrayLike,
     *,
-    groups=None,
+    groups: ArrayLike | None = None,
     n_bootstrap: int = 1000,
     ci: float = 0.95,
     min_per_class: int = 1,
-    random_state=None,
+    random_state: int | None = None,
 ) -> pd.DataFrame:
     """ROC AUC with bootstrap CI in each level of a subgroup variable, and the largest gap.
 
@@ -816,17 +818,17 @@ def _row(label, metric, value, *, op="", subgroup="all", level="all", lo=math.na
 
 
 def evaluate_predictions(
-    y_true,
-    y_score,
+    y_true: ArrayLike,
+    y_score: ArrayLike,
     *,
     labels: Sequence[str] | None = None,
-    groups=None,
+    groups: ArrayLike | None = None,
     subgroups: Mapping[str, Any] | None = None,
     n_bootstrap: int = 2000,
     ci: float = 0.95,
     specificity: float = 0.9,
     n_bins: int = 10,
-    random_state=None,
+    random_state: int | None = None,
 ) -> pd.DataFrame:
     """Every metric of every label in one tidy table.
 
@@ -939,6 +941,8 @@ def evaluate_predictions(
         if s.min() >= 0.0 and s.max() <= 1.0:
             rows.append(_row(label, "brier", brier_score(y, s), **common))
             rows.append(_row(label, "ece", expected_calibration_error(y, s, n_bins=n_bins), **common))
+        else:
+            logger.info("label %r: scores outside [0, 1], so no Brier score / ECE (pass probabilities)", label)
         for k, (name, sub) in enumerate(sub_arrays.items()):
             t = subgroup_auc(y, s, sub[known], groups=None if groups is None else gidx[known],
                              n_bootstrap=n_bootstrap, ci=ci, random_state=seed + 7919 * (j + 1) + k)
@@ -965,7 +969,7 @@ def evaluate_predictions(
     return df
 
 
-def metrics_to_json(df: pd.DataFrame, path=None, *, indent: int | None = 1) -> str:
+def metrics_to_json(df: pd.DataFrame, path: str | os.PathLike | None = None, *, indent: int | None = 1) -> str:
     """Serialise a metrics table to self-describing JSON (NaN becomes ``null``).
 
     Parameters
@@ -1002,7 +1006,7 @@ def metrics_to_json(df: pd.DataFrame, path=None, *, indent: int | None = 1) -> s
     return text
 
 
-def metrics_from_json(text_or_path) -> pd.DataFrame:
+def metrics_from_json(text_or_path: str | os.PathLike) -> pd.DataFrame:
     """Read what :func:`metrics_to_json` wrote (JSON text or a path to it).
 
     Parameters

@@ -12,13 +12,18 @@ import base64
 import datetime as _dt
 import html
 import logging
+import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from .metrics import metrics_to_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 __all__ = ["plot_roc", "plot_calibration", "write_report"]
 
@@ -62,7 +67,8 @@ def _save(fig, path) -> None:
         logger.info("wrote %s", path)
 
 
-def plot_roc(y_true, y_score, *, labels: Sequence[str] | None = None, path=None, title: str = "ROC curves"):
+def plot_roc(y_true: ArrayLike, y_score: ArrayLike, *, labels: Sequence[str] | None = None,
+             path: str | os.PathLike | None = None, title: str = "ROC curves") -> "Figure":
     """ROC curve of every label on one axes, AUC in the legend.
 
     Parameters
@@ -107,8 +113,8 @@ def plot_roc(y_true, y_score, *, labels: Sequence[str] | None = None, path=None,
     return fig
 
 
-def plot_calibration(y_true, y_prob, *, labels: Sequence[str] | None = None, n_bins: int = 10,
-                     path=None, title: str = "Calibration"):
+def plot_calibration(y_true: ArrayLike, y_prob: ArrayLike, *, labels: Sequence[str] | None = None, n_bins: int = 10,
+                     path: str | os.PathLike | None = None, title: str = "Calibration") -> "Figure":
     """Reliability curve of every label (equal-width bins), with the diagonal.
 
     Parameters
@@ -191,12 +197,12 @@ def _auc_summary(metrics: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def write_report(
-    out_dir,
+    out_dir: str | os.PathLike,
     *,
     title: str,
     metrics: pd.DataFrame | None = None,
-    y_true=None,
-    y_score=None,
+    y_true: ArrayLike | None = None,
+    y_score: ArrayLike | None = None,
     labels: Sequence[str] | None = None,
     tables: Mapping[str, pd.DataFrame] | None = None,
     images: Mapping[str, Any] | None = None,

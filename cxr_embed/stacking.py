@@ -24,6 +24,7 @@ import warnings
 from typing import Any, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
 from sklearn.utils.validation import check_is_fitted
@@ -41,7 +42,7 @@ _METHODS = ("mean", "entropy")
 
 
 # --------------------------------------------------------------------------- averaging
-def entropy_weights(p) -> np.ndarray:
+def entropy_weights(p: ArrayLike) -> np.ndarray:
     """Confidence weight ``1 - H2(p)`` of binary probabilities.
 
     ``H2(p) = -p log2 p - (1 - p) log2 (1 - p)`` is the binary entropy in bits, with
@@ -76,7 +77,7 @@ def entropy_weights(p) -> np.ndarray:
     return np.clip(1.0 - h, 0.0, 1.0)
 
 
-def average_predictions(probas: Sequence[Any], *, method: str = "mean") -> np.ndarray:
+def average_predictions(probas: Sequence[ArrayLike], *, method: str = "mean") -> np.ndarray:
     """Average the probabilities of several models, simply or weighted by confidence.
 
     Parameters
@@ -237,11 +238,11 @@ class AveragingEnsemble(ClassifierMixin, BaseEstimator):
     (100, 2)
     """
 
-    def __init__(self, members, method: str = "mean"):
+    def __init__(self, members: Any, method: str = "mean"):
         self.members = members
         self.method = method
 
-    def fit(self, X, y, **fit_params) -> "AveragingEnsemble":
+    def fit(self, X: Any, y: ArrayLike, **fit_params: Any) -> "AveragingEnsemble":
         """Fit every member on all rows.
 
         Parameters
@@ -285,13 +286,13 @@ class AveragingEnsemble(ClassifierMixin, BaseEstimator):
         Xs = _split_X(X, len(self.members_))
         return [_positive_proba(est, x) for (_, est), x in zip(self.members_, Xs)]
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: Any) -> np.ndarray:
         """Averaged probabilities, shape (n_samples, 2), columns ordered as ``classes_``."""
         check_is_fitted(self, "classes_")
         p = average_predictions(self._member_probas(X), method=self.method)
         return np.column_stack([1.0 - p, p])
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: Any) -> np.ndarray:
         """Class with the larger averaged probability, shape (n_samples,)."""
         return self.classes_[(self.predict_proba(X)[:, 1] > 0.5).astype(int)]
 
@@ -392,7 +393,8 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
     (120, 2)
     """
 
-    def __init__(self, members, meta="logreg", cv=5, random_state=None, n_jobs=None):
+    def __init__(self, members: Any, meta: Any = "logreg", cv: Any = 5, random_state: int | None = None,
+                 n_jobs: int | None = None):
         self.members = members
         self.meta = meta
         self.cv = cv
@@ -422,7 +424,7 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
             )
         return self.cv
 
-    def fit(self, X, y, groups=None) -> "StackedEnsemble":
+    def fit(self, X: Any, y: ArrayLike, groups: ArrayLike | None = None) -> "StackedEnsemble":
         """Out-of-fold member predictions -> meta-learner; then refit members on all rows.
 
         Parameters
@@ -504,7 +506,7 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
         ]
         return self
 
-    def transform(self, X) -> np.ndarray:
+    def transform(self, X: Any) -> np.ndarray:
         """Meta-features of new rows: the refitted members' probabilities, shape (n_samples, n_members)."""
         check_is_fitted(self, "meta_")
         if not self.members_:
@@ -515,11 +517,11 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
         Xs = _split_X(X, len(self.members_))
         return np.column_stack([_positive_proba(est, x) for (_, est), x in zip(self.members_, Xs)])
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: Any) -> np.ndarray:
         """Meta-learner probabilities, shape (n_samples, 2), columns ordered as ``classes_``."""
         check_is_fitted(self, "meta_")
         return self.meta_.predict_proba(self.transform(X))
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: Any) -> np.ndarray:
         """Predicted class, shape (n_samples,)."""
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]

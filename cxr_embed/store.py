@@ -247,50 +247,66 @@ class EmbeddingStore:
             )
 
     # ---------------------------------------------------------------- reading
-    def _gather(self, fingerprint: str, config: str | None, dim: int | None, *, with_data: bool):
-        """Ids (and optionally embeddings) in commit order: main file then journal, deduplicated."""
+    def _gather(self, fingerprint: str, config: str | None, dim: int | None, *, with_data: bool,
+                want: list[str] | None = None):
+        """Ids (and optionally embeddings) in commit order: main file then journal, deduplicated.
+
+        With ``want`` (unique ids), only the rows of those ids are read (chunk by chunk) and
+        ``X`` is aligned to ``want``, with NaN-free zeros where an id is absent; ``found`` says which.
+        """
         h5py = _h5py()
+        want_index = None if want is None else {k: i for i, k in enumerate(want)}
         for _attempt in range(5):
             journal = self._journal_files()
             ids_parts: list[np.ndarray] = []
-            x_parts: list[np.ndarray] = []
+            x_parts: list = []
             meta = None
             try:
+                sources = []
                 if self.path.exists():
                     self._check_format()
-                    with h5py.File(self.path, "r") as f:
-                        g = f.get(f"{_GROUP}/{fingerprint}")
-                        if g is not None:
-                            self._check_group_identity(self.path, g.attrs, fingerprint, config, dim)
-                            meta = dict(g.attrs)
-                            ids_parts.append(_read_ids(g["ids"]))
-                            if with_data:
-                                x_parts.append(_read_rows(g["embeddings"]))
-                for jp in journal:
-                    with h5py.File(jp, "r") as j:
-                        if j.attrs.get("fingerprint") != fingerprint:
+                    sources.append((self.path, f"{_GROUP}/{fingerprint}"))
+                sources.extend((jp, "/") for jp in journal)
+                for src_path, key in sources:
+                    with h5py.File(src_path, "r") as f:
+                        g = f.get(key)
+                        if g is None or g.attrs.get("fingerprint", fingerprint) != fingerprint and key == "/":
                             continue
-                        self._check_group_identity(jp, j.attrs, fingerprint, config, dim)
-                        meta = meta or dict(j.attrs)
-                        ids_parts.append(_read_ids(j["ids"]))
-                        if with_data:
-                            x_parts.append(_read_rows(j["embeddings"]))
+                        self._check_group_identity(src_path, g.attrs, fingerprint, config, dim)
+                        meta = meta or dict(g.attrs)
+                        src_ids = _read_ids(g["ids"])
+                        ids_parts.append(src_ids)
+                        if with_data and want_index is None:
+                            x_parts.append(_read_rows(g["embeddings"]))
+                        elif with_data:
+                            rows = np.asarray([r for r, k in enumerate(src_ids.tolist()) if k in want_index], np.int64)
+                            x_parts.append((src_ids[rows], _read_selected(g["embeddings"], rows)))
             except FileNotFoundError:
                 continue  # a compaction removed a journal file under us: read again
             break
         else:  # pragma: no cover - five compactions in a row during one read
             raise StoreError(f"{self.path}: the store kept changing while being read; fix: retry when the writer is done")
         ids = np.concatenate(ids_parts) if ids_parts else np.asarray([], dtype=str)
+        d = int(meta["dim"]) if meta is not None else (dim or 0)
         X = None
-        if with_data:
-            d = int(meta["dim"]) if meta is not None else (dim or 0)
-            X = np.concatenate(x_parts).astype(np.float32, copy=False) if x_parts else np.zeros((0, d), np.float32)
         # drop duplicates left by a compaction killed between rename and journal cleanup
         _, first = np.unique(ids, return_index=True)
-        if first.size != ids.size:
-            keep = np.sort(first)
+        keep = np.sort(first) if first.size != ids.size else None
+        if with_data and want_index is None:
+            X = np.concatenate(x_parts).astype(np.float32, copy=False) if x_parts else np.zeros((0, d), np.float32)
+            X = X[keep] if keep is not None else X
+        elif with_data:
+            X = np.zeros((len(want_index), d), np.float32)
+            found = np.zeros(len(want_index), bool)
+            for part_ids, part_X in x_parts:
+                for k, row in zip(part_ids.tolist(), part_X):
+                    i = want_index[k]
+                    if not found[i]:  # first occurrence wins (duplicates have identical bits)
+                        X[i] = row
+                        found[i] = True
+            X = (X, found)
+        if keep is not None:
             ids = ids[keep]
-            X = X[keep] if X is not None else None
         return ids, X, meta
 
     def has(self, backbone_or_fingerprint) -> bool:
@@ -370,23 +386,25 @@ class EmbeddingStore:
         (2, 1280)
         """
         fp, config, dim = _as_identity(backbone_or_fingerprint)
-        all_ids, X, meta = self._gather(fp, config, dim, with_data=True)
+        want = None if ids is None else _check_ids(ids)
+        unique = None if want is None else list(dict.fromkeys(want.tolist()))
+        all_ids, X, meta = self._gather(fp, config, dim, with_data=True, want=unique)
         if meta is None:
             have = ", ".join(self.fingerprints()) or "none"
             raise MissingIdsError(
                 f"{self.path}: no embeddings for fingerprint {fp!r} (fingerprints stored: {have}); "
                 "fix: run cxr_embed.extract with this backbone first"
             )
-        if ids is None:
+        if want is None:
             return all_ids, X
-        want = _check_ids(ids)
-        index = {k: i for i, k in enumerate(all_ids.tolist())}
-        missing = [k for k in want.tolist() if k not in index]
+        X, found = X
+        missing = [k for k, ok in zip(unique, found) if not ok]
         if missing:
             raise MissingIdsError(
                 f"{self.path}: {len(missing)} of {len(want)} ids asked for are not stored for fingerprint {fp!r}, "
                 f"first ten: {missing[:10]}; fix: run cxr_embed.extract on them (it computes only missing ids)"
             )
+        index = {k: i for i, k in enumerate(unique)}
         pos = np.fromiter((index[k] for k in want.tolist()), dtype=np.int64, count=len(want))
         return want, X[pos]
 
@@ -700,6 +718,22 @@ def _read_rows(ds) -> np.ndarray:
     step = max(1, ds.chunks[0] if ds.chunks else _chunk_rows(dim, 4))
     for i in range(0, n, step):
         out[i : i + step] = ds[i : i + step]
+    return out
+
+
+def _read_selected(ds, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (increasing) of a 2-D dataset, reading only the chunks that hold them."""
+    dim = ds.shape[1]
+    out = np.empty((rows.size, dim), np.float32)
+    if rows.size == 0:
+        return out
+    step = max(1, ds.chunks[0] if ds.chunks else _chunk_rows(dim, 4))
+    blocks = rows // step  # increasing, so each block's rows are one contiguous run
+    cuts = np.flatnonzero(np.diff(blocks)) + 1
+    for sel in np.split(np.arange(rows.size), cuts):
+        start = int(blocks[sel[0]]) * step
+        block = ds[start : start + step]
+        out[sel] = block[rows[sel] - start]
     return out
 
 

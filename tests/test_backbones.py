@@ -109,7 +109,7 @@ def tiny():
 
 def test_pooling_modes_match_numpy(tiny):
     x = _batch(2, 16)
-    fmap = np.asarray(keras.Model(tiny.inputs, tiny.get_layer("relu2").output)(x))
+    fmap = np.asarray(keras.Model(tiny.input, tiny.get_layer("relu2").output)(x))
     expected = {
         "avg": fmap.mean(axis=(1, 2)),
         "max": fmap.max(axis=(1, 2)),
@@ -145,7 +145,7 @@ def test_gem_layer_serialises():
 
 def test_from_keras_flattens_a_nested_model_and_keeps_the_original(tiny):
     base = _tiny_cnn(seed=1)
-    feat = keras.Model(base.inputs, base.get_layer("relu2").output, name="base")
+    feat = keras.Model(base.input, base.get_layer("relu2").output, name="base")
     inp = keras.Input((16, 16, 3))
     out = keras.layers.Dense(3, name="new_head")(keras.layers.GlobalAveragePooling2D()(feat(inp)))
     finetuned = keras.Model(inp, out, name="finetuned")

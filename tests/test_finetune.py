@@ -289,15 +289,20 @@ def test_streaming_from_files(tmp_path):
 def test_same_random_state_same_run():
     df, images, _ = _square_data(n_patients=8, seed=4)
     bb = _backbone()
-    kw = dict(trainable_layers=2, epochs=2, batch_size=8, learning_rate=1e-3, random_state=7, images=images)
+    kw = dict(trainable_layers=2, epochs=1, batch_size=8, learning_rate=1e-3, random_state=7, images=images)
     a, b = finetune(bb, df, **kw), finetune(bb, df, **kw)
     assert a.history["loss"] == b.history["loss"] and a.val_patients == b.val_patients
 
 
-def test_unreadable_image_names_the_file(tmp_path):
-    from cxr_embed.exceptions import ImageReadError
+def test_missing_and_unreadable_images_name_the_file(tmp_path):
+    from cxr_embed.exceptions import ImageReadError, MissingFilesError
 
     df = _write_pngs(tmp_path, n_patients=6)
-    df.loc[3, "path"] = str(tmp_path / "missing.png")
-    with pytest.raises(ImageReadError, match="missing.png"):
+    gone = df.copy()
+    gone.loc[3, "path"] = str(tmp_path / "missing.png")
+    with pytest.raises(MissingFilesError, match="missing.png"):  # checked before any training
+        finetune(_backbone(), gone, epochs=1)
+    (tmp_path / "broken.png").write_bytes(b"not an image at all")
+    df.loc[3, "path"] = str(tmp_path / "broken.png")
+    with pytest.raises(ImageReadError, match="broken.png"):
         finetune(_backbone(), df, trainable_layers=1, epochs=1, batch_size=4, augment=False, random_state=0)

@@ -133,11 +133,11 @@ def test_every_testdata_file_reads_or_raises_documented_error(path):
         warnings.simplefilter("ignore")  # pydicom's own complaints about the broken test files
         header = pydicom.dcmread(path, force=True, stop_before_pixels=True)
         full = pydicom.dcmread(path, force=True, defer_size=64)  # pixel data stays on disk
-    pi = str(header.get("PhotometricInterpretation", "")).upper()
-    try:
-        frames = int(header.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError):
-        frames = 1
+        pi = str(header.get("PhotometricInterpretation", "")).upper()
+        try:
+            frames = int(header.get("NumberOfFrames", 1) or 1)
+        except (TypeError, ValueError):
+            frames = 1
     has_pixels = any(k in full for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
     grayscale_single = pi.startswith("MONOCHROME") and frames == 1 and has_pixels
     with warnings.catch_warnings(record=True) as caught:

@@ -170,3 +170,12 @@ def test_example_script_reads_a_folder(tmp_path):
     run = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 1  # the broken file is reported, not hidden
     assert "FAIL e_broken.png" in run.stdout and "read 4 of 5" in run.stdout
+
+
+def test_32bit_tiff_scaled_by_own_range_with_warning(tmp_path):
+    pixels = (np.arange(12).reshape(3, 4) * 1000 - 2000).astype(np.int32)
+    Image.fromarray(pixels, mode="I").save(tmp_path / "i32.tif")
+    with pytest.warns(UserWarning, match="own min/max"):
+        image, meta = read_image(tmp_path / "i32.tif")
+    assert meta["bit_depth"] == 32 and meta["scaling"] == "minmax"
+    np.testing.assert_allclose(image, (pixels + 2000) / 11000.0, atol=1e-6)

@@ -130,6 +130,47 @@ def lung_fields(u, v, an: Anatomy, edge: float):
     return out
 
 
+def draw_anatomy(rng: np.random.Generator, cardiomegaly: bool, female: bool) -> Anatomy:
+    """Random patient anatomy; cardiomegaly sets the cardiothoracic ratio to 0.53-0.63 (else 0.38-0.46)."""
+    lung_cx, lung_a = rng.uniform(0.33, 0.39), rng.uniform(0.24, 0.29)
+    lung_cy, lung_b = rng.uniform(-0.12, -0.04), rng.uniform(0.52, 0.60)
+    dome_r = lung_cy + lung_b * rng.uniform(0.70, 0.80)
+    dome_l = dome_r + rng.uniform(0.02, 0.07)
+    heart_b, tilt = rng.uniform(0.19, 0.24), rng.uniform(0.2, 0.45)
+    ctr = rng.uniform(0.53, 0.63) if cardiomegaly else rng.uniform(0.38, 0.46)
+    return Anatomy(
+        body_a=rng.uniform(0.80, 0.90), body_b=rng.uniform(0.95, 1.05),
+        lung_cx=lung_cx, lung_cy=lung_cy, lung_a=lung_a, lung_b=lung_b, dome_r=dome_r, dome_l=dome_l,
+        heart_cx=rng.uniform(0.05, 0.10), heart_cy=dome_l - 0.72 * heart_b, heart_b=heart_b, heart_tilt=tilt,
+        heart_a=heart_semi_axis(ctr, lung_cx, lung_a, heart_b, tilt), ctr=ctr,
+        rib_spacing=rng.uniform(0.10, 0.12), rib_phase=rng.uniform(0, 1), female=female,
+    )
+
+
+def draw_opacity(rng: np.random.Generator, an: Anatomy) -> tuple:
+    """A blob centre well inside one lung field, away from the heart and the diaphragm."""
+    for _ in range(200):
+        side = int(rng.integers(2))
+        sign = -1.0 if side == 0 else 1.0
+        cu = sign * an.lung_cx + rng.uniform(-0.6, 0.6) * an.lung_a
+        cv = an.lung_cy + rng.uniform(-0.6, 0.6) * an.lung_b
+        dome = an.dome_r if side == 0 else an.dome_l
+        inside = _ellipse_distance(cu, cv, sign * an.lung_cx, an.lung_cy, an.lung_a, an.lung_b) > 0.08
+        clear_of_heart = _ellipse_distance(cu, cv, an.heart_cx, an.heart_cy, an.heart_a, an.heart_b, an.heart_tilt) < -0.06
+        if inside and clear_of_heart and cv < dome - 0.08:
+            break
+    radius, amp = rng.uniform(0.08, 0.14), rng.uniform(0.25, 0.45)
+    offsets = tuple(rng.uniform(-0.6, 0.6, size=6))
+    return (side, float(cu), float(cv), float(radius), float(amp), offsets)
+
+
+def draw_effusion(rng: np.random.Generator) -> tuple:
+    """Sides (0 = patient right / image left, 1 = left; 20% bilateral), height, lateral climb, density."""
+    u = rng.random()
+    sides = (0,) if u < 0.4 else (1,) if u < 0.8 else (0, 1)
+    return (sides, float(rng.uniform(0.05, 0.15)), float(rng.uniform(0.1, 0.25)), float(rng.uniform(0.35, 0.6)))
+
+
 def render(size: int, an: Anatomy, les: Lesions, view: View, site, rng: np.random.Generator) -> dict:
     """Render one image and its masks.
 
@@ -148,7 +189,7 @@ def render(size: int, an: Anatomy, les: Lesions, view: View, site, rng: np.rando
     -------
     dict
         ``image`` float32 (size, size) in [0, 1]; bool (size, size) masks ``lungs``, ``heart``,
-        ``thorax``, ``opacity``, ``effusion``, ``cardiomegaly``, ``marker``; and ``ctr``.
+        ``thorax``, ``opacity``, ``effusion``, ``cardiomegaly`` and ``marker``.
     """
     px = 2.0 / size
     edge = 1.2 * px

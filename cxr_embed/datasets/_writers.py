@@ -15,7 +15,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from .synthetic import SITES, SyntheticCXR, make_synthetic_cxr
@@ -63,6 +62,7 @@ def write_dataset(ds: SyntheticCXR, out_dir, *, format: str = "dicom", monochrom
     Examples
     --------
     >>> import tempfile
+    >>> import pandas as pd
     >>> ds = make_synthetic_cxr(4, size=64, seed=0)
     >>> csv = write_dataset(ds, tempfile.mkdtemp(), format="png")
     >>> pd.read_csv(csv)["path"].iloc[0]

@@ -100,7 +100,7 @@ SITES: Mapping[str, SiteProfile] = MappingProxyType(
     {
         "A": SiteProfile("A"),
         "B": SiteProfile(
-            "B", gamma=0.72, noise=0.03, blur=1.3, exposure=0.85, heel=-0.06, marker_corner="top-left",
+            "B", gamma=0.85, noise=0.022, blur=1.0, exposure=0.92, heel=-0.05, marker_corner="top-left",
             shortcut_corner="bottom-right", p_ap=0.5, monochrome1=True, modality="CR",
             manufacturer="cxr_embed phantom CR", field_of_view_mm=430.0,
         ),
@@ -224,39 +224,6 @@ def _prevalences(findings: tuple, prevalence) -> dict:
     return prev
 
 
-def _draw_anatomy(rng: np.random.Generator, cardiomegaly: bool, female: bool) -> _phantom.Anatomy:
-    lung_cx, lung_a = rng.uniform(0.33, 0.39), rng.uniform(0.24, 0.29)
-    lung_cy, lung_b = rng.uniform(-0.12, -0.04), rng.uniform(0.52, 0.60)
-    dome_r = lung_cy + lung_b * rng.uniform(0.70, 0.80)
-    dome_l = dome_r + rng.uniform(0.02, 0.07)
-    heart_b, tilt = rng.uniform(0.19, 0.24), rng.uniform(0.2, 0.45)
-    ctr = rng.uniform(0.53, 0.63) if cardiomegaly else rng.uniform(0.38, 0.46)
-    return _phantom.Anatomy(
-        body_a=rng.uniform(0.80, 0.90), body_b=rng.uniform(0.95, 1.05),
-        lung_cx=lung_cx, lung_cy=lung_cy, lung_a=lung_a, lung_b=lung_b, dome_r=dome_r, dome_l=dome_l,
-        heart_cx=rng.uniform(0.05, 0.10), heart_cy=dome_l - 0.72 * heart_b, heart_b=heart_b, heart_tilt=tilt,
-        heart_a=_phantom.heart_semi_axis(ctr, lung_cx, lung_a, heart_b, tilt), ctr=ctr,
-        rib_spacing=rng.uniform(0.10, 0.12), rib_phase=rng.uniform(0, 1), female=female,
-    )
-
-
-def _draw_opacity(rng: np.random.Generator, an: _phantom.Anatomy) -> tuple:
-    """A blob centre well inside one lung field, away from the heart and the diaphragm."""
-    for _ in range(200):
-        side = int(rng.integers(2))
-        sign = -1.0 if side == 0 else 1.0
-        cu = sign * an.lung_cx + rng.uniform(-0.6, 0.6) * an.lung_a
-        cv = an.lung_cy + rng.uniform(-0.6, 0.6) * an.lung_b
-        dome = an.dome_r if side == 0 else an.dome_l
-        inside = _phantom._ellipse_distance(cu, cv, sign * an.lung_cx, an.lung_cy, an.lung_a, an.lung_b) > 0.08
-        clear_of_heart = _phantom._ellipse_distance(cu, cv, an.heart_cx, an.heart_cy, an.heart_a, an.heart_b, an.heart_tilt) < -0.06
-        if inside and clear_of_heart and cv < dome - 0.08:
-            break
-    radius, amp = rng.uniform(0.08, 0.14), rng.uniform(0.25, 0.45)
-    offsets = tuple(rng.uniform(-0.6, 0.6, size=6))
-    return (side, float(cu), float(cv), float(radius), float(amp), offsets)
-
-
 def make_synthetic_cxr(
     n: int,
     *,
@@ -355,13 +322,9 @@ def make_synthetic_cxr(
         lab = {f: int(rng.random() < prev[f]) for f in findings}
         female = bool(rng.random() < 0.5)
         age = int(rng.integers(18, 91))
-        an = _draw_anatomy(rng, bool(lab.get("cardiomegaly", 0)), female)
-        opacity = _draw_opacity(rng, an) if lab.get("opacity") else None
-        effusion = None
-        if lab.get("effusion"):
-            u = rng.random()
-            sides = (0,) if u < 0.4 else (1,) if u < 0.8 else (0, 1)
-            effusion = (sides, float(rng.uniform(0.05, 0.15)), float(rng.uniform(0.1, 0.25)), float(rng.uniform(0.35, 0.6)))
+        an = _phantom.draw_anatomy(rng, bool(lab.get("cardiomegaly", 0)), female)
+        opacity = _phantom.draw_opacity(rng, an) if lab.get("opacity") else None
+        effusion = _phantom.draw_effusion(rng) if lab.get("effusion") else None
         les = _phantom.Lesions(opacity=opacity, effusion=effusion, cardiomegaly=bool(lab.get("cardiomegaly", 0)))
         patient_id = f"{profile.name}P{p:0{width}d}"
         for _ in range(min(images_per_patient, n - i)):

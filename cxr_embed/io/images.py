@@ -37,8 +37,11 @@ def _tiff_bits(img) -> int | None:
     return int(bits)
 
 
-def _pil_to_array(img, path: Path) -> tuple[np.ndarray, int, str]:
-    """Pillow image -> (float64 (H, W) in [0, 1], bit depth, how it was scaled)."""
+def _pil_to_array(img, path: Path, int_bits: int) -> tuple[np.ndarray, int, str]:
+    """Pillow image -> (float64 (H, W) in [0, 1], bit depth, how it was scaled).
+
+    ``int_bits`` is the sample depth of an ``I``-mode image (16 for PNG, BitsPerSample for TIFF).
+    """
     mode = img.mode
     if mode == "1":
         return np.asarray(img, dtype=np.float64), 1, "binary"
@@ -47,9 +50,7 @@ def _pil_to_array(img, path: Path) -> tuple[np.ndarray, int, str]:
         return a / 255.0, 8, "8-bit"
     if mode.startswith("I;16") or mode == "I":
         a = np.asarray(img).astype(np.float64)
-        bits = 16
-        if mode == "I" and (img.format or "").upper() == "TIFF":
-            bits = _tiff_bits(img) or 32
+        bits = 16 if mode.startswith("I;16") else int_bits
         if bits <= 16 and a.min(initial=0) >= 0 and a.max(initial=0) <= 65535:
             # 16-bit grayscale: scale by the real range of the format, not the image's max
             return a / 65535.0, 16, "16-bit/65535"
@@ -157,9 +158,10 @@ def read_image(path: str | os.PathLike, *, voi: str = "auto", window: tuple[floa
                 img.seek(int(frame))
             mode = img.mode
             img.load()
+            int_bits = (_tiff_bits(img) or 32) if fmt == "tiff" else 16  # PNG "I" is 16-bit
             transposed = _has_orientation(img)
             rotated = ImageOps.exif_transpose(img) if transposed else img
-            array, bits, scaling = _pil_to_array(rotated, path)
+            array, bits, scaling = _pil_to_array(rotated, path, int_bits)
     except (UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise ImageReadError(path, f"not a recognised image: neither DICOM (by content) nor a format "
                                    f"Pillow can open ({e}); fix: check the file is really an image "
