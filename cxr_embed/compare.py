@@ -161,6 +161,15 @@ class ComparisonResult:
         Approach name -> family.
     notes : list of str
         What was run (source models, options), for the report.
+    models : dict of str -> fitted model
+        With ``refit``: each approach refitted on all target rows: a
+        :class:`~cxr_embed.MultiLabelClassifier` (embeddings), the fine-tuned ``keras.Model``
+        (fine-tuning) or the list of per-label meta-classifiers (stacking). Explain them with
+        :func:`cxr_embed.explain` (classifiers with ``backbone=result.backbones[name]``).
+    backbones : dict of str -> Backbone
+        The embedding backbone of every embeddings approach, by approach name.
+    sources : list of SourceModel
+        The source CNNs of approaches 1 and 3.
     """
 
     table: pd.DataFrame
@@ -178,6 +187,9 @@ class ComparisonResult:
     y_external: np.ndarray | None = None
     external: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    models: dict = field(default_factory=dict)
+    backbones: dict = field(default_factory=dict)
+    sources: list = field(default_factory=list)
 
     def summary(self, setting: str = "internal") -> pd.DataFrame:
         """The macro rows (or the single label's rows) of one setting, best first.
@@ -361,7 +373,7 @@ def _fit_meta(meta, P: np.ndarray, y: np.ndarray, random_state):
     return StackedEnsemble("passthrough", meta=meta, random_state=random_state).fit(P, y)
 
 
-def _stacking_scores(P_fit, Y_fit, P_pred, meta, random_state) -> np.ndarray:
+def _stacking_scores(P_fit, Y_fit, P_pred, meta, random_state, keep: list | None = None) -> np.ndarray:
     """One meta-classifier per label on the source probabilities of the rows where it is known."""
     out = np.full((len(P_pred), Y_fit.shape[1]), np.nan)
     for j in range(Y_fit.shape[1]):
@@ -369,10 +381,15 @@ def _stacking_scores(P_fit, Y_fit, P_pred, meta, random_state) -> np.ndarray:
         y = Y_fit[known, j]
         if np.unique(y).size < 2:
             out[:, j] = float(y.mean()) if y.size else 0.5
+            if keep is not None:
+                keep.append(None)
             warnings.warn(f"stacking: label {j} has one class only in a training fold; a constant prior is used",
                           RuntimeWarning, stacklevel=3)
             continue
-        out[:, j] = _fit_meta(meta, P_fit[known], (y >= 0.5).astype(int), random_state).predict_proba(P_pred)[:, 1]
+        fitted = _fit_meta(meta, P_fit[known], (y >= 0.5).astype(int), random_state)
+        out[:, j] = fitted.predict_proba(P_pred)[:, 1]
+        if keep is not None:
+            keep.append(fitted)
     return out
 
 
@@ -469,6 +486,7 @@ def compare_transfer(
     n_bootstrap: int = 1000,
     random_state: int | None = 0,
     out=None,
+    refit: bool | None = None,
     policy: str = "ignore",
     meta: Any = "logreg",
     approaches: Sequence[str] = _FAMILIES,
@@ -522,6 +540,10 @@ def compare_transfer(
     out : str or Path, optional
         Working folder (store, source model, ``comparison.csv``); the report is written by
         :meth:`ComparisonResult.write_report`.
+    refit : bool, optional
+        Refit every approach on all target rows and keep the models in ``result.models``
+        (e.g. to explain them). Default: only when ``external`` is given (the refitted models
+        are the ones scored on it).
     policy : str, default="ignore"
         Uncertainty policy for training targets (:func:`cxr_embed.apply_uncertainty`); AUCs are
         always computed on certain labels (1/0) only.
@@ -618,6 +640,9 @@ def compare_transfer(
         ext_truth = _certain(ext, labels)
     else:
         ext_ids = ext_groups = ext_truth = None
+    refit = ext is not None if refit is None else bool(refit)
+    models: dict[str, Any] = {}
+    used_backbones: dict[str, Any] = {}
     timings["setup"] = time.perf_counter() - t0
 
     oof: dict[str, np.ndarray] = {}
@@ -663,8 +688,11 @@ def compare_transfer(
                     m = _clone(est).fit(X[tr], Y_df.iloc[tr], groups=groups[tr])
                     p[te] = m.predict_proba(X[te])
                 oof[name] = p
-                if ext is not None:
-                    ext_scores[name] = _clone(est).fit(X, Y_df, groups=groups).predict_proba(X_ext)
+                if refit:
+                    models[name] = _clone(est).fit(X, Y_df, groups=groups)
+                    if ext is not None:
+                        ext_scores[name] = models[name].predict_proba(X_ext)
+                used_backbones[name] = bb
                 wall[name] = time.perf_counter() - t
                 families[name] = "embeddings"
                 members.append(name)
@@ -718,8 +746,12 @@ def compare_transfer(
             for k, (tr, te) in enumerate(splits):
                 p[te] = _stacking_scores(P[tr], Y_fit[tr], P[te], meta, seeds["clf"])
             oof[name] = p
-            if ext is not None:
-                ext_scores[name] = _stacking_scores(P, Y_fit, P_ext, meta, seeds["clf"])
+            if refit:
+                metas: list = []
+                full = _stacking_scores(P, Y_fit, P_ext if ext is not None else P, meta, seeds["clf"], keep=metas)
+                models[name] = metas
+                if ext is not None:
+                    ext_scores[name] = full
             wall[name] = time.perf_counter() - t
             families[name] = "stacking"
             notes.append(f"Stacking meta-features: {P.shape[1]} source outputs "
@@ -745,10 +777,12 @@ def compare_transfer(
                 p[te] = _predict_model(res.model, X_img[te], batch_size)
                 logger.info("%s fold %d: val AUC %.3f", name, k, res.val_auc)
             oof[name] = p
-            if ext is not None:
+            if refit:
                 res = finetune(body, target, labels, policy=policy, images=X_img, random_state=seeds["ft"] + len(splits),
                                **ft_opts)
-                ext_scores[name] = _predict_model(res.model, ext_images.get(body.input_size, body.resize), batch_size)
+                models[name] = res.model
+                if ext is not None:
+                    ext_scores[name] = _predict_model(res.model, ext_images.get(body.input_size, body.resize), batch_size)
             wall[name] = time.perf_counter() - t
             families[name] = "fine-tuning"
         notes.append(f"Fine-tuning options: {ft_opts}.")
@@ -788,7 +822,8 @@ def compare_transfer(
     return ComparisonResult(table=table, labels=labels, image_ids=ids, groups=groups, y_true=truth, oof=oof,
                             splits=splits, fold=fold, timings=timings, families=families,
                             external_ids=ext_ids, external_groups=ext_groups, y_external=ext_truth,
-                            external=ext_scores, notes=notes)
+                            external=ext_scores, notes=notes, models=models, backbones=used_backbones,
+                            sources=sources)
 
 
 def _clone(est):

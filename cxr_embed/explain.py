@@ -272,15 +272,45 @@ def _load(image_or_path):
 
 
 def _ensemble_members(model, backbone):
-    """(list of (backbone, estimator), weights function) for ensembles, else None."""
-    members = getattr(model, "members_", None) or getattr(model, "estimators_", None)
-    if not (hasattr(model, "member_weights") and members is not None):
+    """[(backbone, fitted member estimator)] for StackedEnsemble / AveragingEnsemble, else None."""
+    from .stacking import AveragingEnsemble, StackedEnsemble
+
+    if not isinstance(model, (StackedEnsemble, AveragingEnsemble)):
         return None
+    members = [est for _, est in getattr(model, "members_", [])]
+    if not members:
+        raise ValueError("this ensemble has no fitted members (not fitted, or members='passthrough' over "
+                         "precomputed probabilities): explain its source models one by one instead")
     if backbone is None or isinstance(backbone, (str, bytes)) or not isinstance(backbone, Sequence):
         raise ValueError("explaining an ensemble needs backbone=[one Backbone per member, in member order]")
     if len(backbone) != len(members):
         raise ValueError(f"the ensemble has {len(members)} members but {len(backbone)} backbones were given")
     return list(zip(backbone, members))
+
+
+def _ensemble_weights(ensemble, probas: np.ndarray) -> np.ndarray:
+    """Weight of each member's map for one image, from the ensemble's own combination rule.
+
+    Averaging: equal (``"mean"``) or ``1 - H2(p_k)`` (``"entropy"``). Stacking with a linear meta-learner:
+    the positive part of its coefficients (members whose probability raises the stacked score); with a
+    tree meta-learner: its feature importances.
+    """
+    from .stacking import AveragingEnsemble, entropy_weights
+
+    k = len(probas)
+    if isinstance(ensemble, AveragingEnsemble):
+        w = entropy_weights(probas) if ensemble.method == "entropy" else np.ones(k)
+    else:
+        meta = ensemble.meta_
+        if hasattr(meta, "coef_"):
+            c = np.ravel(meta.coef_)
+            w = np.clip(c, 0, None) if (c > 0).any() else np.abs(c)
+        elif hasattr(meta, "feature_importances_"):
+            w = np.asarray(meta.feature_importances_, float)
+        else:
+            w = np.ones(k)
+    w = np.asarray(w, float).reshape(-1)
+    return w / w.sum() if w.sum() > 0 else np.full(k, 1.0 / k)
 
 
 def explain(image_or_path, model, *, backbone=None, method: str = "gradcam", label=None, labels=None,
@@ -378,30 +408,29 @@ def _check_fingerprint(model, backbone):
 
 
 def _explain_ensemble(image, path, ensemble, members, *, method, label, **kw) -> Saliency:
-    """Combine member maps with the ensemble's per-image weights."""
-    maps, probas = [], []
+    """Combine member maps with the ensemble's weights for this image."""
+    maps, probas, input_maps = [], [], []
     for bb, est in members:
         target = _pipeline_target(bb, est, label=label, method=method, layer=kw.get("layer"))
         x = prepare_image(image, target.input_size, mode=target.resize)
         m = _compute_map(target, x, method, faster_n=kw["faster_n"], smooth_samples=kw["smooth_samples"],
                          smooth_noise=kw["smooth_noise"], batch_size=kw["batch_size"])
+        input_maps.append(m)
         maps.append(_normalise(restore_map(m, image.shape, mode=target.resize)))
         probas.append(float(target.proba(x[None])[0]))
-    weights = np.asarray(ensemble.member_weights(np.asarray(probas)[None, :]), dtype=np.float64).reshape(-1)
-    if weights.sum() <= 0:
-        weights = np.ones_like(weights)
-    combined = np.tensordot(weights / weights.sum(), np.stack(maps), axes=1)
-    Xs = [np.asarray([[p]]) for p in probas]
-    score = float(_ensemble_score(ensemble, probas, Xs))
-    full = _normalise(combined)
-    return Saliency(full, method, label, score, full, image, path)
+    weights = _ensemble_weights(ensemble, np.asarray(probas))
+    full = _normalise(np.tensordot(weights, np.stack(maps), axes=1))
+    score = _ensemble_score(ensemble, np.asarray(probas))
+    return Saliency(full, method, label, score, input_maps[int(np.argmax(weights))], image, path)
 
 
-def _ensemble_score(ensemble, probas, Xs):
-    combine = getattr(ensemble, "combine_member_probas", None)
-    if combine is not None:
-        return np.asarray(combine(np.asarray(probas)[None, :])).reshape(-1)[0]
-    return float(np.mean(probas))
+def _ensemble_score(ensemble, probas: np.ndarray) -> float:
+    """The ensemble's probability for this image from its members' probabilities."""
+    from .stacking import AveragingEnsemble, average_predictions
+
+    if isinstance(ensemble, AveragingEnsemble):
+        return float(average_predictions([np.array([p]) for p in probas], method=ensemble.method)[0])
+    return float(ensemble.meta_.predict_proba(probas[None, :])[0, -1])
 
 
 # --------------------------------------------------------------------------- outputs

@@ -146,11 +146,18 @@ def _positive_scores(estimator: Any, X: np.ndarray, n_labels: int) -> np.ndarray
     raise ValueError(f"the estimator's classes_ {classes} do not include the positive class 1")
 
 
-def _require_multilabel_estimator(estimator: Any, one_d: bool) -> None:
-    if not one_d and not hasattr(estimator, "policy"):
+def _require_multilabel_estimator(estimator: Any, truth: np.ndarray, one_d: bool) -> None:
+    if hasattr(estimator, "policy"):  # a MultiLabelClassifier handles -1/NaN itself
+        return
+    if not one_d:
         raise ValueError(
             "y has several label columns but the estimator is single-label; wrap it: "
             "MultiLabelClassifier(estimator, policy='ignore')"
+        )
+    if np.isnan(truth).any():
+        raise ValueError(
+            f"y has {int(np.isnan(truth).sum())} entries that are not 0/1 (uncertain -1 or missing NaN); a plain "
+            "classifier cannot use them: wrap it in MultiLabelClassifier(estimator, policy=...) or drop those rows"
         )
 
 
@@ -414,7 +421,7 @@ def cross_validate_grouped(estimator: Any, X: Any, y: Any, groups: Any, *, n_spl
     X = np.asarray(X)
     groups = np.asarray(groups)
     truth, one_d = _as_2d_truth(y)
-    _require_multilabel_estimator(estimator, one_d)
+    _require_multilabel_estimator(estimator, truth, one_d)
     names = _label_names(labels, y, truth.shape[1])
     rng = check_random_state(random_state)
     split_seed = rng.randint(np.iinfo(np.int32).max)
@@ -583,9 +590,8 @@ def external_validation(estimator: Any, X_train: Any, y_train: Any, X_ext: Any, 
             "embed both sets with the same backbone fingerprint"
         )
     truth_ext, one_d = _as_2d_truth(y_ext)
-    _require_multilabel_estimator(estimator, one_d)
-    names = _label_names(labels, y_ext if labels is None and hasattr(y_ext, "columns") else
-                         (y_train if labels is None else labels), truth_ext.shape[1])
+    _require_multilabel_estimator(estimator, _as_2d_truth(y_train)[0], one_d)
+    names = _label_names(labels, y_ext if hasattr(y_ext, "columns") else y_train, truth_ext.shape[1])
     if check_overlap and groups_train is not None and groups_ext is not None:
         check_no_leakage(groups_train, groups_ext)
     rng = check_random_state(random_state)
@@ -689,7 +695,7 @@ def learning_curve_patients(estimator: Any, X: Any, y: Any, groups: Any, *,
     X = np.asarray(X)
     groups = np.asarray(groups)
     truth, one_d = _as_2d_truth(y)
-    _require_multilabel_estimator(estimator, one_d)
+    _require_multilabel_estimator(estimator, truth, one_d)
     names = _label_names(labels, y, truth.shape[1])
     n_labels = truth.shape[1]
     rng = check_random_state(random_state)

@@ -248,3 +248,25 @@ def test_deletion_and_insertion_rank_a_faithful_map_above_its_inverse():
     assert insertion_auc(image, good, predict) > insertion_auc(image, -good, predict)
     assert deletion_auc(image, good, predict, steps=256) == pytest.approx(
         np.trapezoid(np.clip(1 - np.linspace(0, 1, 257) * 256 / 16, 0, 1), np.linspace(0, 1, 257)), abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["stack", "mean", "entropy"])
+def test_ensembles_combine_member_maps(kind, embeddings):
+    from cxr_embed.stacking import AveragingEnsemble, StackedEnsemble
+
+    images, X, y = embeddings
+    bb2 = Backbone.from_keras(_tiny_cnn(seed=5), layer="conv_b")
+    X2 = bb2.embed(np.stack([bb2.prepare(im) for im in images]))
+    bb1 = Backbone.from_keras(_tiny_cnn(), layer="conv_b")
+    members = [("a", make_pipeline(StandardScaler(), LogisticRegression())),
+               ("b", make_pipeline(StandardScaler(), LogisticRegression()))]
+    groups = np.arange(len(y)) // 2
+    if kind == "stack":
+        ens = StackedEnsemble(members, cv=3).fit([X, X2], y, groups=groups)
+    else:
+        ens = AveragingEnsemble(members, method=kind).fit([X, X2], y)
+    s = explain(images[0], ens, backbone=[bb1, bb2], method="gradcam")
+    assert s.map.shape == images[0].shape
+    assert s.score == pytest.approx(ens.predict_proba([X[:1], X2[:1]])[0, 1], abs=1e-5)
+    with pytest.raises(ValueError, match="2 members but 1 backbones"):
+        explain(images[0], ens, backbone=[bb1])

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import types
 from pathlib import Path
 
 import h5py
@@ -348,3 +347,28 @@ def test_cli_store_info(bb, tmp_path, capsys):
     assert run(["store", "info", str(store.path)]) == 0
     text = capsys.readouterr().out
     assert bb.fingerprint[:12] in text and "2 embeddings" in text
+
+
+def test_chunked_selective_read(bb, tmp_path):
+    """load(ids) reads only the chunks holding the asked rows and aligns them across chunks and journal."""
+    from cxr_embed.store import _read_selected
+
+    data = np.arange(100 * 4, dtype=np.float32).reshape(100, 4)
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        ds = f.create_dataset("x", data=data, chunks=(7, 4))
+        rows = np.array([0, 1, 6, 7, 8, 50, 69, 70, 99])
+        assert _read_selected(ds, rows).tobytes() == data[rows].tobytes()
+        assert _read_selected(ds, np.array([], np.int64)).shape == (0, 4)
+    store = EmbeddingStore(tmp_path / "s.h5")
+    ids = [f"id{i:03d}" for i in range(30)]
+    X = rows_ = np.random.default_rng(0).standard_normal((30, bb.dim)).astype(np.float32)
+    with store.writer(bb) as w:
+        w.append(ids[:20], X[:20])
+    w = store.writer(bb).__enter__()  # leave the last rows in the journal (a killed writer)
+    w.append(ids[20:], X[20:])
+    w._lock_cm.__exit__(None, None, None)
+    w._lock_cm = None
+    ask = ["id025", "id003", "id003", "id019", "id020"]
+    got_ids, got = store.load(bb, ask)
+    assert got_ids.tolist() == ask
+    assert got.tobytes() == rows_[[25, 3, 3, 19, 20]].tobytes()

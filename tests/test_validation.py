@@ -93,6 +93,8 @@ def test_cross_validate_multilabel_needs_wrapper_and_scores_known_rows():
     Y[20:40, 1] = -1
     with pytest.raises(ValueError, match="MultiLabelClassifier"):
         cross_validate_grouped(LogisticRegression(), X, Y, groups)
+    with pytest.raises(ValueError, match="not 0/1"):
+        cross_validate_grouped(LogisticRegression(), X, Y[:, 1], groups)
     Ydf = pd.DataFrame(Y, columns=["a", "b"])
     res = cross_validate_grouped(MultiLabelClassifier(LogisticRegression(), policy="ignore"), X, Ydf, groups,
                                  n_splits=3, random_state=0, n_bootstrap=100)
@@ -136,7 +138,8 @@ def test_learning_curve_rises_with_patients():
                                     n_repeats=2, random_state=0, n_bootstrap=100)
     assert list(curve["n_patients"]) == [3, 10, 70]
     auc = curve["auc"].to_numpy()
-    assert auc[-1] > 0.85 and auc[-1] >= auc[0] - 0.02
+    assert auc[0] < auc[1] < auc[2] and auc[-1] > 0.9
+    assert (curve["n_repeats"] >= 1).all()
     assert (curve["ci_low"] <= curve["auc"]).all() and (curve["auc"] <= curve["ci_high"]).all()
     with pytest.warns(UserWarning, match="clipped"):
         learning_curve_patients(LogisticRegression(), X, y, groups, sizes=[500], n_splits=4, n_repeats=1,
