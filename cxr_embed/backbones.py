@@ -21,6 +21,7 @@ import difflib
 import hashlib
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -534,7 +535,11 @@ class Backbone:
     @staticmethod
     def _load_weights_into(model, path, what):
         try:
-            model.load_weights(path)
+            with warnings.catch_warnings():
+                # Keras 3 also walks the graph's private `_operations_by_depth` containers, which
+                # no weights file has; the layers themselves are loaded under "layers".
+                warnings.filterwarnings("ignore", message="Skipping nested container at '_operations_by_depth")
+                model.load_weights(path)
         except Exception as e:  # noqa: BLE001 - keras raises ValueError/KeyError/OSError here
             raise WeightsError(
                 f"cannot load weights {path!r} into {what}: {e}; the file must be saved from the same "
@@ -569,8 +574,8 @@ class Backbone:
         base = _lite.efficientnet_lite(variant, include_top=False, input_tensor=x)
         if weights is not None:
             try:
-                base.load_weights(weights)
-            except Exception:  # noqa: BLE001 - maybe saved with the classifier head
+                self._load_weights_into(base, weights, f"efficientnet_{variant} (include_top=False)")
+            except WeightsError:  # maybe saved with the classifier head
                 full = _lite.efficientnet_lite(variant, include_top=True, input_tensor=x)
                 self._load_weights_into(full, weights, f"efficientnet_{variant}")
                 base = keras.Model(full.inputs, full.get_layer("top_activation").output, name=full.name)

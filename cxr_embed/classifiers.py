@@ -596,13 +596,15 @@ class MultiLabelClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, ensure_all_finite=False)
         if hasattr(Y, "columns"):
             names = [str(c) for c in Y.columns]
+        elif getattr(Y, "name", None) is not None and np.ndim(Y) == 1:  # a named Series
+            names = [str(Y.name)]
         else:
             arr = np.asarray(Y)
             names = [f"label_{i}" for i in range(1 if arr.ndim == 1 else arr.shape[1])]
         y, mask = apply_uncertainty(Y, policy, random_state=self.random_state)
-        y, mask = y.reshape(len(X), -1), mask.reshape(len(X), -1)
         if y.shape[0] != X.shape[0]:
             raise ValueError(f"X has {X.shape[0]} rows but Y has {y.shape[0]}; they must match")
+        y, mask = y.reshape(len(X), -1), mask.reshape(len(X), -1)
         base = self.estimator
         if base is None:
             base = make_classifier("logreg")

@@ -201,20 +201,29 @@ class ComparisonResult:
         Returns
         -------
         DataFrame
-            Columns ``family, approach, auc, ci_low, ci_high, delong_p, wall_time_s``.
+            Columns ``family, approach, auc, ci_low, ci_high, delong_p, wall_time_s`` for one
+            label; with several labels ``auc`` is the macro AUC and the DeLong p-values are per
+            label, in columns ``p[<label>]`` (DeLong compares two AUCs of one label).
         """
         t = self.table[self.table["setting"] == setting]
-        key = "macro" if len(self.labels) > 1 else self.labels[0]
-        t = t[t["label"] == key]
-        cols = ["family", "approach", "auc", "ci_low", "ci_high", "delong_p", "wall_time_s"]
-        return t.sort_values("auc", ascending=False)[cols].reset_index(drop=True)
+        if len(self.labels) == 1:
+            t = t[t["label"] == self.labels[0]]
+            cols = ["family", "approach", "auc", "ci_low", "ci_high", "delong_p", "wall_time_s"]
+            return t.sort_values("auc", ascending=False)[cols].reset_index(drop=True)
+        macro = t[t["label"] == "macro"].set_index("approach")
+        res = macro[["family", "auc", "ci_low", "ci_high"]].copy()
+        for lab in self.labels:
+            res[f"p[{lab}]"] = t[t["label"] == lab].set_index("approach")["delong_p"]
+        res["wall_time_s"] = macro["wall_time_s"]
+        return res.sort_values("auc", ascending=False).reset_index()[["family", "approach", *res.columns[1:]]]
 
     def best(self, setting: str = "internal") -> str:
         """Name of the approach with the highest (macro) AUC in ``setting``."""
         return str(self.summary(setting)["approach"].iloc[0])
 
     def write_report(self, out_dir, *, title: str = "Transfer-learning comparison", images: Mapping[str, Any] | None = None,
-                     notes: str | Sequence[str] | None = None, n_bootstrap: int = 1000, random_state: int | None = 0) -> Path:
+                     tables: Mapping[str, pd.DataFrame] | None = None, notes: str | Sequence[str] | None = None,
+                     n_bootstrap: int = 1000, random_state: int | None = 0) -> Path:
         """Write the HTML report: the comparison table, ROC curves per label and metrics of the best.
 
         Parameters
@@ -225,6 +234,8 @@ class ComparisonResult:
         title : str
         images : dict of str -> path, optional
             Extra PNGs (e.g. saliency overlays) shown in the report.
+        tables : dict of str -> DataFrame, optional
+            Extra tables, shown after the comparison tables.
         notes : str or list of str, optional
             Extra paragraphs, after the comparison's own notes.
         n_bootstrap : int, default=1000
@@ -239,6 +250,7 @@ class ComparisonResult:
         from .metrics import evaluate_predictions
         from .report import plot_roc, write_report
 
+        tables_extra = tables
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.table.to_csv(out / "comparison.csv", index=False)
@@ -268,6 +280,7 @@ class ComparisonResult:
         if self.external:
             tables["Comparison (external: refitted on all target data)"] = self.table[self.table["setting"] == "external"]
         tables["Wall time per stage (s)"] = pd.DataFrame({"stage": list(self.timings), "seconds": list(self.timings.values())})
+        tables.update(tables_extra or {})
         paras = list(self.notes) + ([notes] if isinstance(notes, str) else list(notes or []))
         paras.append(f"Full metrics below are those of the best internal approach: {best}.")
         return write_report(out, title=title, metrics=metrics, tables=tables, images=figures, notes=paras)

@@ -130,7 +130,8 @@ def _xgboost_models(estimator: Any) -> list[Any]:
         elif isinstance(obj, (list, tuple)):
             for v in obj:
                 walk(v, depth + 1)
-        elif hasattr(obj, "get_params") and hasattr(obj, "__dict__"):
+        elif hasattr(obj, "__dict__") and (hasattr(obj, "get_params")
+                                           or type(obj).__module__.split(".")[0] in ("sklearn", "cxr_embed")):
             for v in vars(obj).values():
                 walk(v, depth + 1)
 

@@ -136,14 +136,6 @@ def _check_ids(ids) -> np.ndarray:
     return np.asarray([str(i) for i in arr.tolist()], dtype=object).astype(str) if arr.size else np.asarray([], str)
 
 
-class _Rows:
-    """Ids and embeddings of one fingerprint gathered from the main file and the journal."""
-
-    def __init__(self):
-        self.ids: list[np.ndarray] = []
-        self.blocks: list[tuple[Any, np.ndarray]] = []  # (source, ids) where source reads rows
-
-
 class EmbeddingStore:
     """A self-describing HDF5 file of embeddings, one group per backbone fingerprint.
 

@@ -113,16 +113,8 @@ def _label_names(labels: Sequence[str] | None, y: Any, n_labels: int) -> list[st
     else:
         names = ["y"] if n_labels == 1 else [f"label_{i}" for i in range(n_labels)]
     if len(names) != n_labels:
-        raise ValueError(f"labels names {len(names)} entries but y has {n_labels} label columns")
+        raise ValueError(f"labels has {len(names)} names but y has {n_labels} label column(s); give one name per column")
     return names
-
-
-def _accepts(method: Any, name: str) -> bool:
-    try:
-        params = inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def _fit(estimator: Any, X: np.ndarray, y: Any, groups: np.ndarray | None) -> Any:
@@ -207,6 +199,14 @@ class GroupedRepeatedKFold:
     def __repr__(self) -> str:
         return (f"GroupedRepeatedKFold(n_splits={self.n_splits}, n_repeats={self.n_repeats}, "
                 f"random_state={self.random_state!r})")
+
+    def get_metadata_routing(self) -> Any:
+        """Request ``groups`` for ``split``, so the splitter also works with metadata routing on."""
+        from sklearn.utils.metadata_routing import MetadataRequest
+
+        request = MetadataRequest(owner=type(self).__name__)
+        request.split.add_request(param="groups", alias=True)
+        return request
 
     def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
         """Number of (train, test) pairs: ``n_splits * n_repeats``."""

@@ -172,6 +172,11 @@ def test_from_keras_file_safe_mode_and_input_size(tiny, tmp_path):
     x = _batch(2, 16)
     np.testing.assert_allclose(bb.embed(x), Backbone.from_keras(tiny).embed(x), rtol=1e-5, atol=1e-6)
     assert bb.config["weights"] == str(path)
+    # the Backbone graph itself (custom preprocessing and GeM layers) saves and reloads safely
+    gem = Backbone.from_keras(tiny, preprocess="caffe", pooling="gem")
+    gem.model.save(tmp_path / "bb.keras")
+    reloaded = keras.models.load_model(tmp_path / "bb.keras", safe_mode=True)
+    np.testing.assert_allclose(np.asarray(reloaded(x)), gem.embed(x), rtol=1e-5, atol=1e-6)
     big = Backbone.from_keras(path, input_size=(24, 20))
     assert big.embed(_batch(1, 24)[:, :, :20]).shape == (1, 6)
     # a Lambda layer carries arbitrary code: safe_mode refuses it

@@ -33,6 +33,8 @@ def _data(n=60, dim=8, seed=0):
 def test_every_classifier_fits_tiny_data_with_probabilities(name):
     X, y, _ = _data()
     params = {"n_estimators": 30} if name in ("random_forest", "extra_trees", "xgboost") else {}
+    if name == "hist_gradient_boosting":
+        params = {"max_iter": 30}
     clf = make_classifier(name, random_state=0, n_jobs=1, **params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MLP convergence on 60 rows

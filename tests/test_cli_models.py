@@ -79,6 +79,8 @@ def test_fingerprint_choice_and_errors(tiny, capsys):
     rc = main(["fit", *common, "--out", str(tmp / "b")])
     err = capsys.readouterr().err
     assert rc == 2 and "several backbones" in err and "fp_demo_1" in err and "fp_other_2" in err
+    rc = main(["fit", *common, "--backbone-fingerprint", "fp_demo", "--cv", "50", "--out", str(tmp / "b")])
+    assert rc == 2 and "cannot fill n_splits=50" in capsys.readouterr().err
     rc = main(["fit", *common, "--classifier", "nope", "--out", str(tmp / "b")])
     assert rc == 2 and "unknown classifier" in capsys.readouterr().err
     rc = main(["fit", *common, "--backbone-fingerprint", "fp_demo", "--labels", "a", "--cv", "0", "--strict",
@@ -87,8 +89,9 @@ def test_fingerprint_choice_and_errors(tiny, capsys):
     rc = main(["fit", *common, "--backbone-fingerprint", "fp_other", "--labels", "a,zz", "--out", str(tmp / "b")])
     assert rc == 2 and "zz" in capsys.readouterr().err
     rc = main(["fit", *common, "--backbone-fingerprint", "fp_other", "--labels", "a", "--cv", "0",
-               "--classifier", "random_forest", "--out", str(tmp / "b")])
+               "--classifier", "logreg", "--search", "grid", "--inner-cv", "2", "--out", str(tmp / "b")])
     assert rc == 0
+    assert "clf__C" in load_model(tmp / "b").estimator.estimators_[0].best_params_
     # the model was trained on fp_other_2: scoring fp_demo_1 embeddings is refused
     rc = main(["predict", "--model", str(tmp / "b"), *common, "--backbone-fingerprint", "fp_demo",
                "--out", str(tmp / "p.csv")])

@@ -178,6 +178,12 @@ def test_table_has_cis_delong_and_wall_times(spied_run):
     got = s[(s["approach"] == other) & (s["label"] == lab)]["delong_p"].iloc[0]
     assert got == pytest.approx(p)
     assert {"evaluation", "source CNN training", "extract tiny"} <= set(res.timings)
+    summ = res.summary("internal")
+    assert list(summ.columns) == ["family", "approach", "auc", "ci_low", "ci_high",
+                                  *[f"p[{lab}]" for lab in LABELS], "wall_time_s"]
+    assert summ["auc"].is_monotonic_decreasing
+    assert res.best() == summ["approach"].iloc[0] == best
+    assert summ.loc[summ["approach"] == other, f"p[{lab}]"].iloc[0] == pytest.approx(p)
 
 
 def test_averages_are_the_averages_of_the_members(spied_run):

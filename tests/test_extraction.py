@@ -325,3 +325,33 @@ def test_kill_and_resume_many_times(backbone, model_path, tmp_path):
     many = write_pngs(tmp_path / "many", 60, seed=7)
     counts = _kill_and_resume(tmp_path, backbone, model_path, many, kills=6, rng=random.Random())
     assert len(counts) == 6
+
+
+@needs_reader
+def test_cli_extract_then_store_info(model_path, pngs, tmp_path, capsys):
+    import pandas as pd
+
+    import cxr_embed
+    from cxr_embed.cli import main
+
+    if real_backbone(model_path) is None:
+        pytest.skip("cxr_embed.backbones not written yet")
+    csv = tmp_path / "labels.csv"
+    pd.DataFrame({"image_id": [f"c{i}" for i in range(6)], "path": pngs[:6],
+                  "patient_id": [f"p{i}" for i in range(6)], "finding": [0, 1] * 3}).to_csv(csv, index=False)
+    store = tmp_path / "cli.h5"
+    argv = ["extract", "--manifest", str(csv), "--backbone", str(model_path), "--store", str(store),
+            "--batch-size", "4", "--workers", "0", "--no-progress", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["n_done"], report["n_failed"]) == (6, 0)
+    assert main(argv) == 0  # resume: nothing left to do
+    assert json.loads(capsys.readouterr().out)["n_cached"] == 6
+    assert main(["store", "info", str(store), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    (fp, entry), = info["backbones"].items()
+    assert entry["count"] == 6 and entry["dim"] == 16
+    ids, X = cxr_embed.EmbeddingStore(store).load(fp, [f"c{i}" for i in range(6)])
+    assert X.shape == (6, 16)
+    assert main(["store", "info", str(tmp_path / "absent.h5")]) == 2
+    assert "absent.h5" in capsys.readouterr().err

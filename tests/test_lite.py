@@ -206,11 +206,28 @@ def test_backbone_lite0_imagenet_matches_classifier_features(tmp_path):
     full.load_weights(_lite.lite_weights_path("lite0", cache_dir=tmp_path))
     import keras
 
-    pooled = keras.Model(full.inputs, full.get_layer("avg_pool").output)(x, training=False)
+    pooled = keras.Model(full.input, full.get_layer("avg_pool").output)(x, training=False)
     np.testing.assert_allclose(emb, np.asarray(pooled), rtol=1e-4, atol=1e-5)
     again = Backbone("efficientnet_lite0", cache_dir=tmp_path)
     assert again.fingerprint == bb.fingerprint
     assert Backbone("efficientnet_lite0", weights=None, input_size=224).fingerprint != bb.fingerprint
+    # the cached file (saved with the classifier head) also loads as weights=PATH: same function
+    cached = _lite.lite_weights_path("lite0", cache_dir=tmp_path)
+    assert Backbone("efficientnet_lite0", weights=cached).fingerprint == bb.fingerprint
+
+
+def test_backbone_lite_weights_path_without_top(tmp_path):
+    from cxr_embed import Backbone
+
+    model = _lite.efficientnet_lite("lite0", include_top=False, input_shape=(32, 32, 3))
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.uniform(0.5, 1.0, w.shape).astype(np.float32) if "variance" in w.path
+                       else rng.normal(0, 0.1, w.shape).astype(np.float32) for w in model.weights])
+    path = tmp_path / "lite0_notop.weights.h5"
+    model.save_weights(path)
+    bb = Backbone("efficientnet_lite0", weights=path, input_size=32)
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(bb.embed(x), np.asarray(model(x, training=False)).mean(axis=(1, 2)), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow

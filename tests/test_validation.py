@@ -60,9 +60,14 @@ def test_splitter_usable_in_sklearn_and_requires_groups():
     assert cv.get_n_splits() == 6
     scores = cross_val_score(LogisticRegression(), X, y, groups=groups, cv=cv, scoring="roc_auc")
     assert scores.shape == (6,) and scores.mean() > 0.7
-    search = GridSearchCV(LogisticRegression(), {"C": [0.1, 1.0]}, cv=cv, scoring="roc_auc")
+    search = GridSearchCV(LogisticRegression(), {"C": [1.0]}, cv=cv, scoring="roc_auc")
     search.fit(X, y, groups=groups)
     assert search.n_splits_ == 6
+    import sklearn
+
+    with sklearn.config_context(enable_metadata_routing=True):  # also works with routing switched on
+        routed = GridSearchCV(LogisticRegression(), {"C": [1.0]}, cv=cv).fit(X, y, groups=groups)
+        assert routed.n_splits_ == 6
     with pytest.raises(ValueError, match="needs groups"):
         list(cv.split(X, y))
     with pytest.raises(ValueError, match="cannot fill"):
@@ -105,7 +110,7 @@ def test_cross_validate_multilabel_needs_wrapper_and_scores_known_rows():
 
 def test_nested_cv_tunes_inside_outer_training_patients():
     X, y, groups = _data()
-    est = make_classifier("logreg", search="grid", cv=3, random_state=0)
+    est = make_classifier("logreg", search="grid", cv=3, random_state=0, param_space={"clf__C": [0.001, 1.0]})
     res = nested_cv(est, X, y, groups, n_splits=3, random_state=0, n_bootstrap=0)
     assert len(res.best_params) == 3 and all("clf__C" in p for p in res.best_params)
     assert res.summary.loc["y", "auc"] > 0.7
@@ -135,7 +140,7 @@ def test_external_validation_never_mixes_and_reports_both():
 def test_learning_curve_rises_with_patients():
     X, y, groups = _data(n_patients=100, per=2, noise=0.3)
     curve = learning_curve_patients(LogisticRegression(), X, y, groups, sizes=[3, 10, 70], n_splits=4,
-                                    n_repeats=2, random_state=0, n_bootstrap=100)
+                                    n_repeats=2, random_state=0, n_bootstrap=50)
     assert list(curve["n_patients"]) == [3, 10, 70]
     auc = curve["auc"].to_numpy()
     assert auc[0] < auc[1] < auc[2] and auc[-1] > 0.9

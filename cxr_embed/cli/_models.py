@@ -58,6 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=1, help="repeats of the grouped CV (default 1)")
     p.add_argument("--search", choices=("grid", "random"), default=None,
                    help="tune hyper-parameters by a patient-grouped search inside each fold (nested CV)")
+    p.add_argument("--inner-cv", type=int, default=3,
+                   help="patient-grouped folds of the --search inside each training set (default 3)")
     p.add_argument("--pca", type=float, default=None,
                    help="PCA before the classifier: components (>= 1) or variance fraction (< 1)")
     p.add_argument("--n-jobs", type=int, default=None, help="parallel jobs")
@@ -179,7 +181,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         policy = normalize_policy(args.policy)
         pca = None if args.pca is None else (int(args.pca) if args.pca >= 1 else float(args.pca))
         base = make_classifier(args.classifier, search=args.search, n_jobs=args.n_jobs, random_state=args.seed,
-                               pca=pca, cv=min(5, max(args.cv, 2)) if args.search else 5)
+                               pca=pca, cv=args.inner_cv)
     except ValueError as e:
         return _error(str(e))
     manifest, X, fp = _load_data(args, None)
@@ -189,6 +191,25 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     estimator = MultiLabelClassifier(base, policy=policy, random_state=args.seed)
     print(f"{len(manifest)} images, {len(set(groups))} patients, dim {X.shape[1]}, fingerprint {fp}; "
           f"{args.classifier} with policy {policy}")
+    try:
+        summary = _cross_validate_and_fit(args, estimator, X, Y, groups)
+    except ValueError as e:  # e.g. fewer patients than folds; CxrEmbedError subclasses go to main()
+        if isinstance(e, cxr_embed.CxrEmbedError):
+            raise
+        return _error(str(e))
+    extra = {"classifier": args.classifier, "policy": policy, "search": args.search, "cv": args.cv,
+             "repeats": args.repeats, "seed": args.seed, "pca": pca, "store": str(args.store),
+             "manifest": str(args.manifest), "n_images": int(len(manifest)), "n_patients": int(len(set(groups)))}
+    path = cxr_embed.save_model(args.out, estimator, labels=labels, backbone_fingerprint=fp, manifest=manifest,
+                                metrics=summary, extra=extra, overwrite=args.overwrite)
+    print(f"model bundle written to {path}")
+    return 0
+
+
+def _cross_validate_and_fit(args: argparse.Namespace, estimator: Any, X: Any, Y: Any, groups: Any) -> Any:
+    """Grouped CV (printed) then the final fit on all images; returns the CV summary or None."""
+    import cxr_embed
+
     summary = None
     if args.cv:
         cv = cxr_embed.cross_validate_grouped(estimator, X, Y, groups, n_splits=args.cv, n_repeats=args.repeats,
@@ -200,13 +221,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         _print_table(cv.summary[["auc", "ci_low", "ci_high", "fold_auc_std", "n", "n_pos", "n_patients"]])
         print(f"macro AUC {cv.mean_auc:.3f}")
     estimator.fit(X, Y, groups=groups)
-    extra = {"classifier": args.classifier, "policy": policy, "search": args.search, "cv": args.cv,
-             "repeats": args.repeats, "seed": args.seed, "pca": pca, "store": str(args.store),
-             "manifest": str(args.manifest), "n_images": int(len(manifest)), "n_patients": int(len(set(groups)))}
-    path = cxr_embed.save_model(args.out, estimator, labels=labels, backbone_fingerprint=fp, manifest=manifest,
-                                metrics=summary, extra=extra, overwrite=args.overwrite)
-    print(f"model bundle written to {path}")
-    return 0
+    return summary
 
 
 def _subgroups(manifest: Any, spec: str) -> dict:
