@@ -8,7 +8,9 @@ Measures, on synthetic grayscale radiographs written to a temporary folder:
   (goal: ``ratio_png_to_model >= 0.9``);
 - ``naive``: a per-image ``model.predict`` loop over the same files (goal: ``speedup_vs_naive >= 5``);
 - ``memory``: peak RSS of a child process (and its decoding workers) extracting ``--sizes``
-  images each (goal: flat).
+  images each (goal: flat); the largest run also gives the steady-state rate
+  (``ratio_steady_state_png_to_model``), where worker start-up (seconds on a loaded machine) is
+  amortised.
 
 Usage::
 
@@ -250,12 +252,19 @@ def main(argv=None) -> None:
         out["speedup_png_vs_naive"] = round(e_png["images_per_second"] / naive_ips, 2)
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
         out["memory"] = [bench_memory(s, args, tmp) for s in sizes]
+        # the largest memory run amortises worker start-up: the steady-state rate of the pipeline
+        out["steady_state_png_images_per_second"] = out["memory"][-1]["images_per_second"] if sizes else None
+        if sizes:
+            out["ratio_steady_state_png_to_model"] = round(out["memory"][-1]["images_per_second"] / model_ips, 3)
+            out["speedup_steady_state_vs_naive"] = round(out["memory"][-1]["images_per_second"] / naive_ips, 2)
         if len(out["memory"]) >= 2:
             a, b = out["memory"][0]["peak_rss_mib_tree"], out["memory"][-1]["peak_rss_mib_tree"]
             out["memory_growth_ratio"] = round(b / a, 3) if a else None
         out["goals"] = {
             "ratio_png_to_model>=0.9": out["ratio_png_to_model"] >= 0.9,
+            "ratio_steady_state_png_to_model>=0.9": out.get("ratio_steady_state_png_to_model", 0) >= 0.9,
             "speedup_vs_naive>=5": out["speedup_png_vs_naive"] >= 5,
+            "speedup_steady_state_vs_naive>=5": out.get("speedup_steady_state_vs_naive", 0) >= 5,
             "memory_flat(<1.1x)": out.get("memory_growth_ratio", 0) is not None and out.get("memory_growth_ratio", 0) < 1.1,
         }
     print(json.dumps(out, indent=1))

@@ -36,8 +36,10 @@ _LAZY = {
     # labels, classifiers, validation, metrics
     "apply_uncertainty": "cxr_embed.labels",
     "make_classifier": "cxr_embed.classifiers",
+    "list_classifiers": "cxr_embed.classifiers",
     "MultiLabelClassifier": "cxr_embed.classifiers",
     "grouped_kfold": "cxr_embed.validation",
+    "GroupedRepeatedKFold": "cxr_embed.validation",
     "check_no_leakage": "cxr_embed.validation",
     "cross_validate_grouped": "cxr_embed.validation",
     "external_validation": "cxr_embed.validation",
@@ -51,6 +53,7 @@ _LAZY = {
     "plot_roc": "cxr_embed.report",
     "plot_calibration": "cxr_embed.report",
     "save_model": "cxr_embed.persistence",
+    "ModelBundle": "cxr_embed.persistence",
     "load_model": "cxr_embed.persistence",
     "write_report": "cxr_embed.report",
     # transfer approaches
@@ -59,7 +62,13 @@ _LAZY = {
     "average_predictions": "cxr_embed.stacking",
     "entropy_weights": "cxr_embed.stacking",
     "finetune": "cxr_embed.finetune",
+    "predict_finetuned": "cxr_embed.finetune",
+    "FineTuneResult": "cxr_embed.finetune",
     "compare_transfer": "cxr_embed.compare",
+    # the embedded default dataset
+    "make_synthetic_cxr": "cxr_embed.datasets",
+    "write_dataset": "cxr_embed.datasets",
+    "make_demo_sites": "cxr_embed.datasets",
     # explanations
     "explain": "cxr_embed.explain",
     "Saliency": "cxr_embed.explain",

@@ -122,10 +122,14 @@ def _last_conv_layer(model) -> str:
 def _cnn_target(model, *, label, labels, method, layer, resize) -> _Target:
     import keras
 
-    n_out = int(model.output_shape[-1])
+    if len(model.outputs) != 1:
+        raise ValueError(f"the Keras model has {len(model.outputs)} outputs; explain needs one output tensor "
+                         "(n, n_labels) of probabilities")
+    output = model.outputs[0]  # a model loaded from .keras may report `model.output` as a one-element list
+    n_out = int(output.shape[-1])
     idx, name = _label_index(label, labels, n_out)
     h, w = (int(s) for s in model.input_shape[1:3])
-    prob_out = keras.layers.Lambda(lambda t: t[:, idx : idx + 1], name="cxr_embed_select")(model.output)
+    prob_out = keras.layers.Lambda(lambda t: t[:, idx : idx + 1], name="cxr_embed_select")(output)
     if method in _GRADIENT_METHODS:
         last = model.layers[-1]
         act = getattr(last, "activation", None)

@@ -265,7 +265,7 @@ def test_cli_compare_with_a_saved_source_model(sites, tmp_path, capsys):
     from cxr_embed.cli import main
     from cxr_embed.finetune import finetune
 
-    src = finetune(_tiny_backbone(), sites["source"], LABELS, epochs=1, batch_size=8, random_state=0,
+    src = finetune(_tiny_backbone(), sites["source"], LABELS, epochs=1, batch_size=8, trainable_layers=1, random_state=0,
                    out=tmp_path / "src.keras")
     target_csv = sites["root"] / "target" / "labels.csv"
     rc = main(["compare", "--target", str(target_csv), "--labels", ",".join(LABELS), "--source-model", str(src.path),

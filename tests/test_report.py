@@ -32,6 +32,16 @@ def test_importing_report_leaves_matplotlib_state_alone():
     assert out == ["False", "False"]
 
 
+def test_plotting_never_imports_pyplot(tmp_path):
+    """Checked in a fresh process: other tests (tf-keras-vis) may import pyplot in this one."""
+    code = ("import sys, numpy as np; from cxr_embed.report import plot_roc, plot_calibration; "
+            "y = np.array([0, 1, 0, 1]); p = np.array([.1, .8, .4, .6]); "
+            f"plot_roc(y, p, path={str(tmp_path / 'r.png')!r}); plot_calibration(y, p, path={str(tmp_path / 'c.png')!r}); "
+            "print('matplotlib.pyplot' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False"]
+
+
 def test_plots_write_png_and_do_not_use_pyplot(tmp_path, predictions):
     y, p = predictions
     fig = plot_roc(y, p, labels=["effusion", "edema"], path=tmp_path / "roc.png")
@@ -40,7 +50,6 @@ def test_plots_write_png_and_do_not_use_pyplot(tmp_path, predictions):
     plot_calibration(y, p, labels=["effusion", "edema"], path=tmp_path / "sub" / "cal.png")
     assert (tmp_path / "roc.png").read_bytes()[:8] == PNG_MAGIC
     assert (tmp_path / "sub" / "cal.png").read_bytes()[:8] == PNG_MAGIC
-    assert "matplotlib.pyplot" not in sys.modules
     with pytest.raises(ValueError, match="must match"):
         plot_roc(y, p[:, :1])
 

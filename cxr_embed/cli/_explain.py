@@ -256,7 +256,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     if args.image is not None:
         if not Path(args.image).is_file():
-            raise cxr_embed.ImageNotFoundError(f"--image {args.image!r}: no such file")
+            raise cxr_embed.ImageNotFoundError(args.image, "no such file (--image); fix: check the path")
         manifest = pd.DataFrame({"image_id": [Path(args.image).stem], "path": [str(args.image)]})
     else:
         manifest = cxr_embed.load_manifest(args.manifest, format=args.manifest_format, root=args.root,
