@@ -302,8 +302,9 @@ def _flat_copy(model, inputs):
     where ``copies`` maps the original layer names to the copies.
     """
     copies: dict[int, Any] = {}
-    used: set[str] = {getattr(t, "name", "") for t in keras.tree.flatten(inputs)}
+    used: set[str] = {"image", "cxr_preprocess"}  # names of the layers Backbone puts before the copy
     by_name: dict[str, Any] = {}
+    copied: set[int] = set()
 
     def fresh(layer):
         if id(layer) in copies:
@@ -347,11 +348,11 @@ def _flat_copy(model, inputs):
             kwargs.pop("training", None)
             out = clone(*args, **kwargs)
             weights = op.get_weights()
-            if weights and not getattr(clone, "_cxr_weights_copied", False):
+            if weights and id(clone) not in copied:
                 if len(weights) != len(clone.weights):
                     raise BackboneError(f"layer {op.name!r}: rebuilt copy has {len(clone.weights)} weights, original {len(weights)}")
                 clone.set_weights(weights)
-                clone._cxr_weights_copied = True
+                copied.add(id(clone))
             return out
 
         return run_layer
@@ -609,7 +610,7 @@ class Backbone:
         self._taps = list(taps)
         self.feature_layer = taps[-1]
         self.dim = int(self.model.output.shape[-1])
-        self.spatial_layers = [n for n in candidates if n in {l.name for l in self.model.layers}] or candidates
+        self.spatial_layers = candidates
         self._weights_desc = weights_desc
         self._source = source
         index = {l.name: i for i, l in enumerate(self.model.layers)}

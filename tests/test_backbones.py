@@ -216,31 +216,37 @@ def test_weights_path_round_trip(mnv2_weights):
         Backbone("vgg16", weights=path, input_size=32)
 
 
-def test_fingerprint_stable_and_sensitive(mnv2_weights, tmp_path):
+def test_fingerprint_stable_and_sensitive(mnv2_weights, tiny, tmp_path):
     path, _ = mnv2_weights
-    kw = dict(weights=path, input_size=32)
-    ref = Backbone("mobilenet_v2", **kw)
-    assert Backbone("mobilenet_v2", **kw).fingerprint == ref.fingerprint
+    ref = Backbone("mobilenet_v2", weights=path, input_size=32)
+    assert Backbone("mobilenet_v2", weights=path, input_size=32).fingerprint == ref.fingerprint
     assert len(ref.fingerprint) == 64 and int(ref.fingerprint, 16) >= 0
-    variants = [
-        Backbone("mobilenet_v2", **kw, pooling="gem"),
-        Backbone("mobilenet_v2", **kw, layer="block_16_project_BN"),
-        Backbone("mobilenet_v2", weights=path, input_size=48),
-        Backbone("mobilenet_v2", **kw, resize="crop"),
-        Backbone("mobilenet_v2", weights=None, input_size=32),
-    ]
-    fps = {ref.fingerprint, *(v.fingerprint for v in variants)}
-    assert len(fps) == 1 + len(variants)
+    assert Backbone("mobilenet_v2", weights=None, input_size=32).fingerprint != ref.fingerprint
     cfg = ref.config
     assert json.loads(json.dumps(cfg)) == cfg
     assert cfg["preprocessing"]["mode"] == "pad" and cfg["dim"] == 1280 and cfg["fingerprint"] == ref.fingerprint
+    # every setting of the embedding function changes it (cheap tiny model for the variations)
+    base = Backbone.from_keras(tiny)
+    assert Backbone.from_keras(tiny).fingerprint == base.fingerprint
+    variants = [
+        Backbone.from_keras(tiny, pooling="gem"),
+        Backbone.from_keras(tiny, pooling="max"),
+        Backbone.from_keras(tiny, layer="relu1"),
+        Backbone.from_keras(tiny, layer=["relu1", "relu2"]),
+        Backbone.from_keras(tiny, input_size=24),
+        Backbone.from_keras(tiny, resize="crop"),
+        Backbone.from_keras(tiny, preprocess="tf"),
+        Backbone.from_keras(_tiny_cnn(seed=1)),
+    ]
+    fps = {base.fingerprint, *(v.fingerprint for v in variants)}
+    assert len(fps) == 1 + len(variants)
     # changing a single weight changes the fingerprint
-    tweaked = Backbone("mobilenet_v2", **kw)
-    w = tweaked.model.get_layer("Conv1").get_weights()
+    tweaked = Backbone.from_keras(tiny)
+    w = tweaked.model.get_layer("conv2").get_weights()
     w[0][0, 0, 0, 0] += 1e-3
-    tweaked.model.get_layer("Conv1").set_weights(w)
+    tweaked.model.get_layer("conv2").set_weights(w)
     tweaked._fingerprint = None
-    assert tweaked.fingerprint != ref.fingerprint
+    assert tweaked.fingerprint != base.fingerprint
 
 
 def test_fingerprint_is_the_same_in_another_process(tiny, tmp_path):
