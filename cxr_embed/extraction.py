@@ -18,7 +18,9 @@ import logging
 import multiprocessing
 import os
 import time
+import warnings
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -188,6 +190,15 @@ def _picklable_prepare(backbone) -> tuple | None:
     return None
 
 
+def _pool_starts(ex: ProcessPoolExecutor, size, mode) -> bool:
+    """Whether the spawned workers come up (they re-import ``__main__``, which may re-run a script)."""
+    try:
+        ex.submit(_read_and_prepare, [], size, mode).result()
+        return True
+    except BrokenProcessPool:
+        return False
+
+
 def _make_executor(kind: str, workers: int, backbone):
     """(executor or None, task callable taking a list of (index, path))."""
     if workers == 0:
@@ -198,11 +209,26 @@ def _make_executor(kind: str, workers: int, backbone):
             ctx = multiprocessing.get_context("spawn")  # never fork a process that runs TensorFlow
             ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
             size, mode = spec
+            if _pool_starts(ex, size, mode):
 
-            def task(items, _ex=ex):
-                return _ex.submit(_read_and_prepare, items, size, mode)
+                def task(items, _ex=ex):
+                    return _ex.submit(_read_and_prepare, items, size, mode)
 
-            return ex, task
+                return ex, task
+            ex.shutdown(wait=False, cancel_futures=True)
+            if kind == "process":
+                raise RuntimeError(
+                    "worker processes could not start: a script that calls extract() with process workers must "
+                    "guard its top level with `if __name__ == \"__main__\":` (spawned workers re-import the main "
+                    "module); fix: add the guard, or pass executor='thread' or workers=0"
+                )
+            warnings.warn(
+                "decoding worker processes could not start (a script without an `if __name__ == \"__main__\":` "
+                "guard re-runs itself in spawned workers); decoding in threads instead, which is slower for DICOM. "
+                "Fix: add the guard, or pass executor='thread' to silence this warning",
+                RuntimeWarning,
+                stacklevel=4,
+            )
         if kind == "process":
             raise ValueError(
                 "executor='process' needs backbone.prepare to equal cxr_embed.prepare_image(image, "

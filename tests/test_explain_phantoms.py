@@ -56,11 +56,12 @@ def _cnn(seed: int = 0):
     ax = np.arange(k) - k // 2
     r2 = ax[:, None] ** 2 + ax[None, :] ** 2
     rng = np.random.default_rng(seed)
-    w = rng.normal(0, 0.05, (k, k, 3, 8)).astype(np.float32) / 3
+    w = np.zeros((k, k, 3, 8), np.float32)  # the three input channels are the same grey image: use the first
+    w[:, :, 0, :] = rng.normal(0, 0.05, (k, k, 8))
     for j, sigma in enumerate((1.2, 1.8, 2.5, 3.2)):
         centre = np.exp(-r2 / (2 * sigma**2))
         surround = np.exp(-r2 / (8 * sigma**2))
-        w[:, :, :, j] = (10 * (centre / centre.sum() - surround / surround.sum()) / 3)[:, :, None]
+        w[:, :, 0, j] = 10 * (centre / centre.sum() - surround / surround.sum())
     init = keras.initializers.GlorotUniform
     inp = keras.Input((SIZE, SIZE, 3), name="image")
     x = keras.layers.Rescaling(1 / 255.0, name="scale")(inp)

@@ -355,3 +355,20 @@ def test_cli_extract_then_store_info(model_path, pngs, tmp_path, capsys):
     assert X.shape == (6, 16)
     assert main(["store", "info", str(tmp_path / "absent.h5")]) == 2
     assert "absent.h5" in capsys.readouterr().err
+
+
+def test_script_without_main_guard_falls_back_to_threads(model_path, pngs, tmp_path):
+    """Spawned workers re-run an unguarded script; extraction must warn and finish in threads."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(f"""
+        import warnings
+        from cxr_embed import Backbone, EmbeddingStore, extract
+        bb = Backbone.from_keras({str(model_path)!r}, preprocess="none")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            report = extract({pngs[:6]!r}, bb, {str(tmp_path / "s.h5")!r}, workers=1, progress=False, batch_size=4)
+        print("DONE", report.n_done, any("__main__" in str(w.message) for w in caught))
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "DONE 6 True" in out.stdout
