@@ -533,9 +533,10 @@ def compare_transfer(
     store : EmbeddingStore or path, optional
         Embedding cache; missing images are extracted once, cached ones are never recomputed.
         Default ``<out>/embeddings.h5``, or a temporary file when ``out`` is None.
-    classifiers : list of str or estimator, default=("logreg", "random_forest")
-        Classifiers of approach 2 (names for :func:`cxr_embed.make_classifier`, or unfitted
-        binary estimators); each is wrapped in a :class:`cxr_embed.MultiLabelClassifier`.
+    classifiers : list of str, (name, estimator) or estimator, default=("logreg", "random_forest")
+        Classifiers of approach 2: names for :func:`cxr_embed.make_classifier`, or unfitted
+        binary estimators (named by their class, or by the name of a ``(name, estimator)``
+        pair); each is wrapped in a :class:`cxr_embed.MultiLabelClassifier`.
     external : DataFrame or path, optional
         External test manifest with the same label columns. Every approach is refitted on all
         target rows and scored on it; it is never used to fit, tune or select anything. Its
@@ -691,10 +692,9 @@ def compare_transfer(
             _, X = store.load(bb, ids)
             X_ext = store.load(bb, ext_ids)[1] if ext is not None else None
             for c in classifiers:
-                cname = c if isinstance(c, str) else type(c).__name__
+                cname, base = _classifier(c, make_classifier, seeds["clf"])
                 name = f"{bb.name} + {cname}"
-                est = MultiLabelClassifier(make_classifier(c, random_state=seeds["clf"]) if isinstance(c, str) else c,
-                                           policy=policy, random_state=seeds["policy"])
+                est = MultiLabelClassifier(base, policy=policy, random_state=seeds["policy"])
                 t = time.perf_counter()
                 p = np.full((len(target), len(labels)), np.nan)
                 for tr, te in splits:
@@ -837,6 +837,16 @@ def compare_transfer(
                             external_ids=ext_ids, external_groups=ext_groups, y_external=ext_truth,
                             external=ext_scores, notes=notes, models=models, backbones=used_backbones,
                             sources=sources)
+
+
+def _classifier(spec, make_classifier, seed) -> tuple[str, Any]:
+    if isinstance(spec, str):
+        return spec, make_classifier(spec, random_state=seed)
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
+        return spec
+    if hasattr(spec, "fit") and hasattr(spec, "predict_proba"):
+        return type(spec).__name__, spec
+    raise TypeError(f"classifiers entries must be a name, a (name, estimator) pair or an estimator; got {spec!r}")
 
 
 def _clone(est):

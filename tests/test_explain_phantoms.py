@@ -41,6 +41,7 @@ SIZE = 64
 TOL = 2  # pixels; one cell of the 32 x 32 CAM grid (see the module docstring)
 BOOST = 0.2  # extra lesion contrast on top of the generator's opacity (see the module docstring)
 MIN_HIT_RATE = 0.9
+EPOCHS = 12
 RESULTS: dict = {}  # measured numbers, printed by test_report (pytest -s)
 
 
@@ -74,14 +75,10 @@ def _cnn(seed: int = 0):
     return keras.Model(inp, x, name=f"blobnet{seed}")
 
 
-LR = 3e-3
-POOL = "max"
-
-
-def _train(images, table, label, *, seed):
-    bb = Backbone.from_keras(_cnn(seed), layer="c3", pooling=POOL)
+def _train(images, table, label, *, seed, lr=3e-3):
+    bb = Backbone.from_keras(_cnn(seed), layer="c3", pooling="max")
     prepared = np.stack([bb.prepare(im) for im in images])
-    res = finetune(bb, table, labels=[label], trainable_layers="all", epochs=10, batch_size=32, learning_rate=LR,
+    res = finetune(bb, table, labels=[label], trainable_layers="all", epochs=EPOCHS, decay=None, batch_size=32, learning_rate=lr,
                    patience=10, augment=False, images=prepared, random_state=seed)
     return res, prepared
 
@@ -89,8 +86,8 @@ def _train(images, table, label, *, seed):
 @pytest.fixture(scope="module")
 def lesion():
     """A CNN fine-tuned on marker-free phantoms to detect the opacity, and a test set."""
-    train = make_synthetic_cxr(320, findings=("opacity",), prevalence=0.5, size=SIZE, seed=11)
-    test = make_synthetic_cxr(80, findings=("opacity",), prevalence=0.5, size=SIZE, seed=12)
+    train = make_synthetic_cxr(400, findings=("opacity",), prevalence=0.5, size=SIZE, seed=1)
+    test = make_synthetic_cxr(80, findings=("opacity",), prevalence=0.5, size=SIZE, seed=2)
     res, x_train = _train(_conspicuous(train), train.labels, "opacity", seed=0)
     images = _conspicuous(test)
     x_test = np.stack([res.to_backbone().prepare(im) for im in images])
@@ -167,24 +164,11 @@ def test_random_maps_score_near_chance_on_the_same_metric(lesion):
     assert rate <= chance + 0.06 and rate < 0.5 * MIN_HIT_RATE / 3
 
 
-def _marker_only_labels(n_draw, seed):
-    """Phantoms whose label is the burned-in marker; the lesion is present in half of each class."""
-    ds = make_synthetic_cxr(n_draw, findings=("opacity",), prevalence=0.5, size=SIZE, seed=seed, marker_shortcut=True)
-    marker = ds.params["marker"].to_numpy().astype(int)
-    opacity = ds.labels["opacity"].to_numpy()
-    cells = [np.flatnonzero((marker == m) & (opacity == o)) for m in (0, 1) for o in (0, 1)]
-    k = min(len(c) for c in cells)
-    keep = np.sort(np.concatenate([c[:k] for c in cells]))
-    ds = ds.subset(keep)
-    table = ds.labels.copy()
-    table["marker"] = ds.params["marker"].to_numpy().astype(float)
-    return ds, table
-
-
 def test_a_marker_shortcut_is_exposed_by_energy_in_mask(lesion):
-    train, table = _marker_only_labels(700, seed=21)
-    assert abs(np.corrcoef(table["marker"], table["opacity"])[0, 1]) < 0.05  # the lesion carries no information
-    shortcut, _ = _train(_conspicuous(train), table, "marker", seed=1)
+    # the realistic shortcut: a subtle finding (the generator's own, faint opacity) and a "PORT" marker
+    # burned into 85 % of the positive and 15 % of the negative training images
+    train = make_synthetic_cxr(400, findings=("opacity",), prevalence=0.5, size=SIZE, seed=21, marker_shortcut=True)
+    shortcut, _ = _train(train.images, train.labels, "opacity", seed=1, lr=1e-2)
 
     test = make_synthetic_cxr(80, findings=("opacity",), prevalence=0.5, size=SIZE, seed=22, marker_shortcut=True)
     images = _conspicuous(test)
