@@ -71,6 +71,16 @@ class SourceModel:
         How images are fitted to the input size (``"pad"``, ``"resize"``, ``"crop"``).
     outputs : list of str
         Names of the model's outputs (the source labels).
+
+    Examples
+    --------
+    >>> import keras
+    >>> inp = keras.Input((32, 32, 3))
+    >>> x = keras.layers.Conv2D(4, 3, activation="relu")(inp)
+    >>> out = keras.layers.Dense(2, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(x))
+    >>> src = SourceModel("toy", keras.Model(inp, out), outputs=["a", "b"])
+    >>> src.input_size, src.backbone().dim
+    ((32, 32), 4)
     """
 
     name: str
@@ -170,6 +180,17 @@ class ComparisonResult:
         The embedding backbone of every embeddings approach, by approach name.
     sources : list of SourceModel
         The source CNNs of approaches 1 and 3.
+
+    Examples
+    --------
+    >>> res = cxr_embed.compare_transfer(target, ["opacity"], source=source)  # doctest: +SKIP
+    >>> res.summary("internal")                                               # doctest: +SKIP
+        family                            approach    auc  ci_low  ci_high  delong_p  wall_time_s
+    embeddings  efficientnet_lite0 + random_forest  0.868  ...
+    >>> res.oof[res.best()].shape                                              # doctest: +SKIP
+    (120, 1)
+    >>> res.write_report("report")                                             # doctest: +SKIP
+    PosixPath('report/index.html')
     """
 
     table: pd.DataFrame

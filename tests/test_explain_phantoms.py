@@ -22,6 +22,7 @@ Set-up (chosen so the whole file runs in about a minute on two CPU cores):
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 keras = pytest.importorskip("keras")
@@ -39,9 +40,13 @@ from cxr_embed.finetune import finetune  # noqa: E402
 
 SIZE = 64
 TOL = 2  # pixels; one cell of the 32 x 32 CAM grid (see the module docstring)
-BOOST = 0.2  # extra lesion contrast on top of the generator's opacity (see the module docstring)
+BOOST = 0.3  # extra lesion contrast on top of the generator's opacity (see the module docstring)
 MIN_HIT_RATE = 0.9
 EPOCHS = 12
+POOLING = "max"
+KERNELS = (3, 3)
+FLIP = False
+LR_LESION = 3e-3
 RESULTS: dict = {}  # measured numbers, printed by test_report (pytest -s)
 
 
@@ -53,13 +58,14 @@ def _conspicuous(ds):
 
 def _cnn(seed: int = 0):
     """A small CNN whose first layer starts as blob detectors; the backbone that finetune trains."""
-    k = 11
+    scale = SIZE / 64
+    k = 2 * round(5 * scale) + 1
     ax = np.arange(k) - k // 2
     r2 = ax[:, None] ** 2 + ax[None, :] ** 2
     rng = np.random.default_rng(seed)
     w = np.zeros((k, k, 3, 8), np.float32)  # the three input channels are the same grey image: use the first
     w[:, :, 0, :] = rng.normal(0, 0.05, (k, k, 8))
-    for j, sigma in enumerate((1.2, 1.8, 2.5, 3.2)):
+    for j, sigma in enumerate(scale * np.array([1.2, 1.8, 2.5, 3.2])):
         centre = np.exp(-r2 / (2 * sigma**2))
         surround = np.exp(-r2 / (8 * sigma**2))
         w[:, :, 0, j] = 10 * (centre / centre.sum() - surround / surround.sum())
@@ -70,13 +76,13 @@ def _cnn(seed: int = 0):
     x = first(x)
     first.set_weights([w, np.zeros(8, np.float32)])
     x = keras.layers.MaxPooling2D(2, name="pool")(x)
-    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="c2", kernel_initializer=init(seed + 1))(x)
-    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="c3", kernel_initializer=init(seed + 2))(x)
+    x = keras.layers.Conv2D(16, KERNELS[0], padding="same", activation="relu", name="c2", kernel_initializer=init(seed + 1))(x)
+    x = keras.layers.Conv2D(16, KERNELS[1], padding="same", activation="relu", name="c3", kernel_initializer=init(seed + 2))(x)
     return keras.Model(inp, x, name=f"blobnet{seed}")
 
 
 def _train(images, table, label, *, seed, lr=3e-3):
-    bb = Backbone.from_keras(_cnn(seed), layer="c3", pooling="max")
+    bb = Backbone.from_keras(_cnn(seed), layer="c3", pooling=POOLING)
     prepared = np.stack([bb.prepare(im) for im in images])
     res = finetune(bb, table, labels=[label], trainable_layers="all", epochs=EPOCHS, decay=None, batch_size=32, learning_rate=lr,
                    patience=10, augment=False, images=prepared, random_state=seed)
@@ -88,13 +94,17 @@ def lesion():
     """A CNN fine-tuned on marker-free phantoms to detect the opacity, and a test set."""
     train = make_synthetic_cxr(400, findings=("opacity",), prevalence=0.5, size=SIZE, seed=1)
     test = make_synthetic_cxr(80, findings=("opacity",), prevalence=0.5, size=SIZE, seed=2)
-    res, x_train = _train(_conspicuous(train), train.labels, "opacity", seed=0)
+    images, table = _conspicuous(train), train.labels
+    if FLIP:  # mirrored copies (other patients' ids) teach left-right symmetric lesion detectors
+        mirrored = table.assign(patient_id=table["patient_id"] + "m", image_id=table["image_id"] + "m")
+        images, table = np.concatenate([images, images[:, :, ::-1]]), pd.concat([table, mirrored], ignore_index=True)
+    res, x_train = _train(images, table, "opacity", seed=0, lr=LR_LESION)
     images = _conspicuous(test)
     x_test = np.stack([res.to_backbone().prepare(im) for im in images])
     p = res.predict(x_test)[:, 0]
     y = test.labels["opacity"].to_numpy()
     RESULTS["cnn test AUC"] = roc_auc_score(y, p)
-    return {"res": res, "x_train": x_train, "y_train": train.labels["opacity"].to_numpy(), "images": images,
+    return {"res": res, "x_train": x_train, "y_train": table["opacity"].to_numpy(), "images": images,
             "x_test": x_test, "y": y, "p": p, "masks": test.masks["opacity"]}
 
 
@@ -114,6 +124,9 @@ def test_gradcam_on_a_finetuned_cnn_points_into_the_lesion(lesion):
     model = lesion["res"].model
     maps = [explain(lesion["images"][i], model, method="gradcam").map for i in tp]
     rate = RESULTS["(a) Grad-CAM, fine-tuned CNN"] = _hit_rate(maps, lesion["masks"], tp)
+    for tol in (3, 4):
+        RESULTS[f"(a) tolerance {tol}"] = float(np.mean([pointing_game(m, lesion["masks"][i], tolerance=tol)
+                                                        for m, i in zip(maps, tp)]))
     RESULTS["(a) exact (tolerance 0)"] = float(np.mean([pointing_game(m, lesion["masks"][i]) for m, i in zip(maps, tp)]))
     RESULTS["true positives"] = f"{len(tp)} of {int(lesion['y'].sum())}"
     assert rate >= MIN_HIT_RATE
@@ -137,6 +150,7 @@ def test_gradcam_through_a_linear_head_on_the_embeddings_points_into_the_lesion(
         assert s.score == pytest.approx(p[i], abs=1e-4)  # the rebuilt head is the classifier
         maps.append(s.map)
     rate = RESULTS["(b) Grad-CAM, embeddings + logreg"] = _hit_rate(maps, lesion["masks"], tp)
+    RESULTS["(b) tolerance 3"] = float(np.mean([pointing_game(m, lesion["masks"][i], tolerance=3) for m, i in zip(maps, tp)]))
     assert rate >= MIN_HIT_RATE
 
 
@@ -148,6 +162,7 @@ def test_scorecam_through_an_xgboost_pipeline_points_into_the_lesion(lesion, emb
     tp = _true_positives(lesion["y"], p)
     maps = [explain(lesion["images"][i], clf, backbone=bb, method="scorecam").map for i in tp]
     rate = RESULTS["(c) Score-CAM, embeddings + XGBoost"] = _hit_rate(maps, lesion["masks"], tp)
+    RESULTS["(c) tolerance 3"] = float(np.mean([pointing_game(m, lesion["masks"][i], tolerance=3) for m, i in zip(maps, tp)]))
     assert rate >= MIN_HIT_RATE
 
 
