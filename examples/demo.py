@@ -110,7 +110,6 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     import cxr_embed
-    from cxr_embed.datasets import load_masks
 
     with stage("1. synthetic sites (DICOM)"):
         paths = _write_sites(args, out / "data")

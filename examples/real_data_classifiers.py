@@ -73,7 +73,9 @@ def main(argv=None) -> int:
                      "internal_auc": s.loc["internal", "auc"], "internal_ci": _ci(s.loc["internal"]),
                      "external_auc": s.loc["external", "auc"], "external_ci": _ci(s.loc["external"]),
                      "seconds": round(time.perf_counter() - t, 1)})
-        print(rows[-1], flush=True)
+        r = rows[-1]
+        print(f"{name}: internal {r['internal_auc']:.3f} {r['internal_ci']}, external {r['external_auc']:.3f} "
+              f"{r['external_ci']} ({r['seconds']} s)", flush=True)
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "classifiers.csv", index=False)
     print(f"\n{args.backbone} embeddings, label {args.label}: NIH (n={len(train)}, {train['patient_id'].nunique()} "

@@ -14,6 +14,7 @@ import cxr_embed  # noqa: E402
 from cxr_embed.cli import main  # noqa: E402
 from cxr_embed.datasets import make_synthetic_cxr, write_dataset  # noqa: E402
 from cxr_embed.explain import explain, load_saliency_h5  # noqa: E402
+from cxr_embed.finetune import finetune  # noqa: E402  (cxr_embed.finetune is also the module)
 
 SIZE = 32
 
@@ -37,8 +38,8 @@ def work(tmp_path_factory):
     manifest = cxr_embed.load_manifest(csv)
     bb = cxr_embed.Backbone.from_keras(_tiny_cnn(), layer="conv_b")
     images = np.stack([bb.prepare(im) for im in ds.images])
-    res = cxr_embed.finetune(bb, manifest, labels=["opacity"], trainable_layers="all", epochs=1, batch_size=8,
-                             images=images, random_state=0, augment=False, out=root / "cnn.keras")
+    res = finetune(bb, manifest, labels=["opacity"], trainable_layers="all", epochs=1, batch_size=8,
+                   images=images, random_state=0, augment=False, out=root / "cnn.keras")
     cnn_file = root / "backbone.keras"
     _tiny_cnn(seed=3).save(cnn_file)
     store_bb = cxr_embed.Backbone.from_keras(cnn_file, layer="conv_b")

@@ -278,3 +278,18 @@ def test_cli_compare_with_a_saved_source_model(sites, tmp_path, capsys):
     assert (tmp_path / "out" / "report" / "index.html").is_file()
     table = pd.read_csv(tmp_path / "out" / "comparison.csv")
     assert set(table["family"]) == {"stacking", "fine-tuning"}
+
+
+def test_classifier_specs_name_the_approaches():
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    from cxr_embed.compare import _classifier
+
+    name, est = _classifier("logreg", cxr_embed.make_classifier, 0)
+    assert name == "logreg" and hasattr(est, "predict_proba")
+    rf = RandomForestClassifier(n_estimators=5)
+    assert _classifier(("rf5", rf), cxr_embed.make_classifier, 0) == ("rf5", rf)
+    assert _classifier(LogisticRegression(), cxr_embed.make_classifier, 0)[0] == "LogisticRegression"
+    with pytest.raises(TypeError, match="classifiers entries"):
+        _classifier(3, cxr_embed.make_classifier, 0)

@@ -107,3 +107,15 @@ def test_restore_map_inverts_prepare_geometry(mode):
     peak = np.unravel_index(np.argmax(back), back.shape)
     assert 28 <= peak[0] <= 52 and 18 <= peak[1] <= 42
     assert np.corrcoef(back.ravel(), img.ravel())[0, 1] > 0.9
+
+
+def test_public_functions_are_not_shadowed_by_submodules():
+    """`import cxr_embed.x` binds the submodule on the package; no public function may share its name."""
+    code = (
+        "import importlib, pkgutil, types, cxr_embed;"
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(cxr_embed.__path__, 'cxr_embed.')"
+        " if '.cli' not in m.name];"
+        "bad = [n for n in cxr_embed._LAZY if isinstance(getattr(cxr_embed, n), types.ModuleType)];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
