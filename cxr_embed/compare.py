@@ -44,7 +44,7 @@ __all__ = ["compare_transfer", "ComparisonResult", "SourceModel", "DEFAULT_FINET
 logger = logging.getLogger(__name__)
 
 #: Fine-tuning settings used by :func:`compare_transfer` unless ``finetune_options`` overrides them
-#: (they are passed to :func:`cxr_embed.finetune.finetune`). The paper unfroze the last 6 layers.
+#: (they are passed to :func:`cxr_embed.finetuning.finetune`). The paper unfroze the last 6 layers.
 DEFAULT_FINETUNE_OPTIONS: dict = {
     "trainable_layers": 6,
     "epochs": 5,
@@ -105,7 +105,7 @@ def _as_source_model(obj, k: int) -> SourceModel:
     """Accept a keras.Model, a ``.keras`` path (with its ``.finetune.json`` sidecar) or a FineTuneResult."""
     import keras
 
-    from .finetune import FineTuneResult
+    from .finetuning import FineTuneResult
 
     if isinstance(obj, SourceModel):
         return obj
@@ -175,7 +175,7 @@ class ComparisonResult:
         With ``refit``: each approach refitted on all target rows: a
         :class:`~cxr_embed.MultiLabelClassifier` (embeddings), the fine-tuned ``keras.Model``
         (fine-tuning) or the list of per-label meta-classifiers (stacking). Explain them with
-        :func:`cxr_embed.explain` (classifiers with ``backbone=result.backbones[name]``).
+        :func:`cxr_embed.saliency` (classifiers with ``backbone=result.backbones[name]``).
     backbones : dict of str -> Backbone
         The embedding backbone of every embeddings approach, by approach name.
     sources : list of SourceModel
@@ -396,7 +396,7 @@ class _Images:
 
 
 def _predict_model(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    from .finetune import predict_finetuned
+    from .finetuning import predict_finetuned
 
     return np.asarray(predict_finetuned(model, images, batch_size=batch_size), dtype=float)
 
@@ -541,7 +541,7 @@ def compare_transfer(
         A source manifest. When given and ``source_models`` is not, one source CNN is trained
         on it: the first of ``backbones`` (ImageNet weights), all layers of the last
         ``trainable_layers`` trainable, a sigmoid head over ``source_labels``
-        (:func:`cxr_embed.finetune.finetune`); it is saved in ``out`` when ``out`` is given.
+        (:func:`cxr_embed.finetuning.finetune`); it is saved in ``out`` when ``out`` is given.
     source_models : list of keras.Model, .keras paths or FineTuneResult, optional
         Source CNNs with sigmoid heads (``(None, h, w, 3)`` in ``[0, 255]`` -> probabilities), e.g.
         written by ``finetune(..., out="src.keras")`` on CheXpert. Approach 1 uses the
@@ -566,7 +566,7 @@ def compare_transfer(
     n_splits : int, default=5
         Patient-grouped, stratified folds shared by every approach.
     finetune_options : dict, optional
-        Overrides of :data:`DEFAULT_FINETUNE_OPTIONS`, passed to :func:`cxr_embed.finetune.finetune`
+        Overrides of :data:`DEFAULT_FINETUNE_OPTIONS`, passed to :func:`cxr_embed.finetuning.finetune`
         for approach 3 and for training the source CNN.
     n_bootstrap : int, default=1000
         Patient-level bootstrap resamples of each AUC's 95 % CI.
@@ -743,7 +743,7 @@ def compare_transfer(
     # ---------------------------------------------------------------- source CNNs
     sources: list[SourceModel] = [_as_source_model(m, k) for k, m in enumerate(source_models or [])]
     if not sources and source is not None and ({"stacking", "fine-tuning"} & set(approaches)):
-        from .finetune import finetune
+        from .finetuning import finetune
 
         src = _load(source, "source")
         src_labels = _labels_of(src, source_labels, "source")
@@ -793,7 +793,7 @@ def compare_transfer(
 
     # ---------------------------------------------------------------- approach 3: fine-tuning
     if "fine-tuning" in approaches:
-        from .finetune import finetune
+        from .finetuning import finetune
 
         if sources:
             bodies = [(f"fine-tuned {s.name}", s.backbone()) for s in sources]

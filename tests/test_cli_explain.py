@@ -13,8 +13,8 @@ keras = pytest.importorskip("keras")
 import cxr_embed  # noqa: E402
 from cxr_embed.cli import main  # noqa: E402
 from cxr_embed.datasets import make_synthetic_cxr, write_dataset  # noqa: E402
-from cxr_embed.explain import explain, load_saliency_h5  # noqa: E402
-from cxr_embed.finetune import finetune  # noqa: E402  (cxr_embed.finetune is also the module)
+from cxr_embed.saliency import explain, load_saliency_h5  # noqa: E402
+from cxr_embed.finetuning import finetune  # noqa: E402  (cxr_embed.finetuning is also the module)
 
 SIZE = 32
 

@@ -44,7 +44,7 @@ def spied_run(sites, tmp_path_factory):
     """One full comparison with spies on everything that fits a model."""
     import importlib
 
-    finetune_mod = importlib.import_module("cxr_embed.finetune")
+    finetune_mod = importlib.import_module("cxr_embed.finetuning")
     fits = {"mlc": [], "finetune": [], "meta": []}
     mp = pytest.MonkeyPatch()
     orig_fit = MultiLabelClassifier.fit
@@ -263,7 +263,7 @@ def test_stacking_without_source_warns_and_is_skipped(sites):
 
 def test_cli_compare_with_a_saved_source_model(sites, tmp_path, capsys):
     from cxr_embed.cli import main
-    from cxr_embed.finetune import finetune
+    from cxr_embed.finetuning import finetune
 
     src = finetune(_tiny_backbone(), sites["source"], LABELS, epochs=1, batch_size=8, trainable_layers=1, random_state=0,
                    out=tmp_path / "src.keras")

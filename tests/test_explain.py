@@ -17,7 +17,7 @@ from sklearn.svm import LinearSVC  # noqa: E402
 from cxr_embed import Backbone  # noqa: E402
 from cxr_embed._heads import linear_head, positive_proba  # noqa: E402
 from cxr_embed.exceptions import FingerprintMismatchError  # noqa: E402
-from cxr_embed.explain import METHODS, explain, explain_manifest, load_saliency_h5, save_overlay, save_saliency_h5  # noqa: E402
+from cxr_embed.saliency import METHODS, explain, explain_manifest, load_saliency_h5, save_overlay, save_saliency_h5  # noqa: E402
 from cxr_embed.faithfulness import (  # noqa: E402
     deletion_auc,
     energy_in_mask,

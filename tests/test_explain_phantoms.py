@@ -14,7 +14,7 @@ Set-up (the whole file runs in about a minute on two CPU cores, deterministicall
   not changed; an opacity-amplitude parameter of ``make_synthetic_cxr`` would replace this step.
 * The CNN (``_cnn``): an 11 x 11 convolution initialised with centre-surround (difference-of-Gaussians)
   filters at four blob scales plus four random ones, 2 x 2 max pooling, two 3 x 3 convolutions (``c3``,
-  32 x 32, the layer every CAM uses), global max pooling; :func:`cxr_embed.finetune` adds the sigmoid
+  32 x 32, the layer every CAM uses), global max pooling; :func:`cxr_embed.finetuning` adds the sigmoid
   head and trains all layers (constant learning rate, 12 epochs). Learning from scratch is fragile: with
   random initialisation, average or GeM pooling, 1 x 1 ``c2``/``c3``, mirrored training copies or 96 px
   the same budget gave chance-level models; this configuration reaches test AUC 0.98.
@@ -45,9 +45,9 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 from cxr_embed import Backbone  # noqa: E402
 from cxr_embed.classifiers import make_classifier  # noqa: E402
 from cxr_embed.datasets import make_synthetic_cxr  # noqa: E402
-from cxr_embed.explain import explain  # noqa: E402
+from cxr_embed.saliency import explain  # noqa: E402
 from cxr_embed.faithfulness import energy_in_mask, pointing_game, random_saliency  # noqa: E402
-from cxr_embed.finetune import finetune  # noqa: E402
+from cxr_embed.finetuning import finetune  # noqa: E402
 
 SIZE = 64
 TOL = 2  # pixels; one cell of the 32 x 32 CAM grid (see the module docstring)

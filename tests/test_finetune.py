@@ -1,4 +1,4 @@
-"""Tests of cxr_embed.finetune: masked loss, freezing, grouped validation, early stopping, saving."""
+"""Tests of cxr_embed.finetuning: masked loss, freezing, grouped validation, early stopping, saving."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from cxr_embed.exceptions import LeakageError, ManifestError  # noqa: E402
-from cxr_embed.finetune import (  # noqa: E402
+from cxr_embed.finetuning import (  # noqa: E402
     HEAD_LAYER,
     FineTuneResult,
     MaskedBinaryCrossentropy,
@@ -214,7 +214,7 @@ def test_validation_split_is_patient_grouped(trained):
 
 
 def test_validation_patients_can_be_given():
-    from cxr_embed.finetune import _validation_split
+    from cxr_embed.finetuning import _validation_split
 
     groups = np.array(["a", "a", "b", "c", "c", "d"])
     y = np.array([[1.0], [0.0], [1.0], [0.0], [1.0], [0.0]], np.float32)
@@ -270,7 +270,7 @@ def _write_pngs(tmp_path, n_patients=12, seed=3):
 
 
 def test_streaming_from_files(tmp_path):
-    from cxr_embed.finetune import _manifest_loader
+    from cxr_embed.finetuning import _manifest_loader
     from cxr_embed.io.images import read_image
 
     df = _write_pngs(tmp_path, n_patients=8)

@@ -3,7 +3,7 @@
 Three kinds of model are explained, each by building one flat Keras model from the image
 (``(h, w, 3)`` in [0, 255]) to a score, which tf-keras-vis then differentiates or perturbs:
 
-* a Keras CNN with its own sigmoid head (fine-tuned by :func:`cxr_embed.finetune`, or a source
+* a Keras CNN with its own sigmoid head (fine-tuned by :func:`cxr_embed.finetuning`, or a source
   CNN): gradients of the label's logit (the sigmoid is replaced by the identity);
 * a backbone + a fitted *linear* scikit-learn classifier (logistic regression, linear SVM, with
   any scaler or PCA before it): the classifier is rebuilt as a ``Dense`` layer on the backbone's
@@ -328,7 +328,7 @@ def explain(image_or_path, model, *, backbone=None, method: str = "gradcam", lab
         A file (any format :func:`cxr_embed.read_image` reads) or a decoded image in [0, 1].
     model : keras.Model or fitted scikit-learn classifier or ModelBundle or ensemble
         A CNN with its own sigmoid head (input ``(h, w, 3)`` in [0, 255], as saved by
-        :func:`cxr_embed.finetune`), or a classifier fitted on ``backbone``'s embeddings
+        :func:`cxr_embed.finetuning`), or a classifier fitted on ``backbone``'s embeddings
         (binary, :class:`cxr_embed.MultiLabelClassifier`, a search object, a loaded bundle), or a
         :class:`cxr_embed.StackedEnsemble` / :class:`cxr_embed.AveragingEnsemble` whose members were
         fitted on the embeddings of ``backbone[k]``.

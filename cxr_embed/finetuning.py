@@ -615,7 +615,7 @@ def finetune(
     Examples
     --------
     >>> import cxr_embed
-    >>> from cxr_embed.finetune import finetune
+    >>> from cxr_embed.finetuning import finetune
     >>> bb = cxr_embed.Backbone("densenet121", weights="imagenet")             # doctest: +SKIP
     >>> df = cxr_embed.load_manifest("CheXpert-v1.0/train.csv")                # doctest: +SKIP
     >>> res = finetune(bb, df, policy="ones", trainable_layers="all",
@@ -735,7 +735,7 @@ def finetune(
     if out is not None:
         config = getattr(backbone, "config", None)
         meta = {
-            "format": "cxr_embed.finetune",
+            "format": "cxr_embed.finetuning",
             "format_version": 1,
             "library_version": __version__,
             "labels": labels,
