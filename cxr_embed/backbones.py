@@ -673,7 +673,7 @@ class Backbone:
         if isinstance(model_or_path, keras.Model):
             user = model_or_path
         else:
-            source_path = os.fspath(model_or_path)
+            source_path = os.path.abspath(os.fspath(model_or_path))  # recorded in config: rebuildable from anywhere
             if not os.path.isfile(source_path):
                 raise WeightsError(f"model file {source_path!r} not found; pass a keras.Model or the path of a .keras/.h5 model")
             try:

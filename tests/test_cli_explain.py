@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -120,6 +121,13 @@ def test_explain_a_bundle_rebuilds_its_backbone_from_the_store(work, capsys, tmp
     assert rc == 2 and "does not exist" in err and "--store" in err
     rc = main(["explain", "--model", str(bundle), "--image", str(png), "--store", str(moved),
                "--out", str(tmp_path / "out_moved")])
+    assert rc == 0, capsys.readouterr().err
+    # `cxr-embed fit` records the backbone's configuration in the bundle: no store needed at all
+    Path(work["store"]).rename(tmp_path / "elsewhere.h5")
+    try:
+        rc = main(["explain", "--model", str(bundle), "--image", str(png), "--out", str(tmp_path / "out_nostore")])
+    finally:
+        (tmp_path / "elsewhere.h5").rename(work["store"])
     assert rc == 0, capsys.readouterr().err
 
 

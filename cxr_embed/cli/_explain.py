@@ -182,7 +182,7 @@ def _bundle_backbone(args: argparse.Namespace, bundle: Any):
         config = None
         extra = bundle.extra or {}
         for key in ("backbone_config", "backbone"):
-            if isinstance(extra.get(key), dict):
+            if args.store is None and isinstance(extra.get(key), dict):  # an explicit --store wins
                 config, origin = extra[key], f"the bundle's extra[{key!r}]"
                 break
         if config is None:

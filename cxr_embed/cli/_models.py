@@ -199,7 +199,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         return _error(str(e))
     extra = {"classifier": args.classifier, "policy": policy, "search": args.search, "cv": args.cv,
              "repeats": args.repeats, "seed": args.seed, "pca": pca, "store": str(args.store),
-             "manifest": str(args.manifest), "n_images": int(len(manifest)), "n_patients": int(len(set(groups)))}
+             "manifest": str(args.manifest), "n_images": int(len(manifest)), "n_patients": int(len(set(groups))),
+             # so `cxr-embed explain` can rebuild the backbone without the store
+             "backbone_config": cxr_embed.EmbeddingStore(args.store, mode="r").info()["backbones"][fp].get("config")}
     path = cxr_embed.save_model(args.out, estimator, labels=labels, backbone_fingerprint=fp, manifest=manifest,
                                 metrics=summary, extra=extra, overwrite=args.overwrite)
     print(f"model bundle written to {path}")
