@@ -298,22 +298,6 @@ class AveragingEnsemble(ClassifierMixin, BaseEstimator):
 
 
 # --------------------------------------------------------------------------- stacking
-def _leakage_check():
-    try:
-        from .validation import check_no_leakage
-    except ImportError:  # validation is optional at this layer; same rule, local copy
-        from .exceptions import LeakageError
-
-        def check_no_leakage(train_groups, test_groups):
-            shared = np.intersect1d(np.asarray(train_groups).astype(str), np.asarray(test_groups).astype(str))
-            if shared.size:
-                raise LeakageError(
-                    f"{shared.size} patient(s) on both sides of a stacking fold, e.g. {shared[:5].tolist()}; "
-                    "pass patient ids as groups= and a grouped splitter as cv="
-                )
-    return check_no_leakage
-
-
 def _make_meta(meta, random_state, n_jobs):
     if isinstance(meta, str):
         if meta == "logreg":
@@ -477,7 +461,7 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
         splitter = self._splitter(g)
         splits = [(np.asarray(tr), np.asarray(te)) for tr, te in splitter.split(np.zeros((n, 1)), y_enc, g)]
         if g is not None:
-            check = _leakage_check()
+            from .validation import check_no_leakage as check
             for tr, te in splits:
                 check(g[tr], g[te])
         covered = np.zeros(n, dtype=int)
