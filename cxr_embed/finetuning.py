@@ -306,6 +306,7 @@ class _ValidationAUC(keras.callbacks.Callback):
         self.pos_weight = pos_weight
         self.history = {"loss": [], "val_loss": [], "val_auc": [], "learning_rate": []}
         self.best_score = -np.inf
+        self.best_val_loss = np.inf
         self.best_epoch = 0
         self.best_weights = None
         self.best_per_label = np.full(len(labels), np.nan)
@@ -331,8 +332,12 @@ class _ValidationAUC(keras.callbacks.Callback):
         self.history["learning_rate"].append(lr)
         score = auc if self.monitor == "val_auc" else -val_loss
         logger.info("epoch %d: loss %.4f val_loss %.4f val_auc %.4f", epoch + 1, logs.get("loss", np.nan), val_loss, auc)
-        if score > self.best_score:
+        # a tie in validation AUC (it saturates at 1.0 on easy tasks, and is rank-based, so ties are exact)
+        # is broken by the lower validation loss: the later, better-calibrated epoch wins
+        tie = self.monitor == "val_auc" and score == self.best_score and val_loss < self.best_val_loss
+        if score > self.best_score or tie:
             self.best_score, self.best_epoch, self._wait = score, epoch, 0
+            self.best_val_loss = val_loss
             self.best_weights = self.model.get_weights()
             self.best_per_label = per_label
         else:
@@ -574,7 +579,8 @@ def finetune(
         the validation patient ids themselves. No patient is on both sides (checked).
     patience : int
         Stop after this many epochs without a better validation AUC; the best epoch's weights
-        are restored either way.
+        are restored either way. Epochs with equal validation AUC (for example saturated at 1.0)
+        are ranked by the lower validation loss.
     augment : bool
         Small random rotation (±7°), translation (5 %), zoom (10 %) and contrast (10 %) of
         training batches; never applied to validation or saved into the model.

@@ -220,12 +220,12 @@ def _saliency(result, bb, target, site_dir: Path, out: Path, n: int) -> dict:
     for i in chosen:
         row = target.iloc[i]
         contour = mask_of.get(str(row["image_id"]))
-        s = cxr_embed.saliency(row["path"], result.models[logreg], backbone=bb, method="gradcam", label=label)
+        s = cxr_embed.explain(row["path"], result.models[logreg], backbone=bb, method="gradcam", label=label)
         png = cxr_embed.save_overlay(s, out / f"{row['image_id']}_logreg_gradcam.png", contour=contour)
         images[f"Grad-CAM, logreg on {bb.name} embeddings: {row['image_id']} ({label}, p={s.score:.2f})"] = png
         print(f"   {png}")
         if cnn is not None:
-            s = cxr_embed.saliency(row["path"], result.models[cnn], method="gradcam", label=label, labels=LABELS,
+            s = cxr_embed.explain(row["path"], result.models[cnn], method="gradcam", label=label, labels=LABELS,
                                   resize=bb.resize)
             png = cxr_embed.save_overlay(s, out / f"{row['image_id']}_finetuned_gradcam.png", contour=contour)
             images[f"Grad-CAM, fine-tuned CNN: {row['image_id']} ({label}, p={s.score:.2f})"] = png

@@ -128,6 +128,27 @@ def test_opacity_is_brighter_than_its_surroundings(ds):
     assert roc_auc_score(y, ds.images.mean(axis=(1, 2))) < 0.7
 
 
+def test_opacity_contrast_scales_the_lesion_and_nothing_else():
+    kw = dict(findings=("opacity",), prevalence=1.0, size=64, seed=3)
+    base, strong = make_synthetic_cxr(12, **kw), make_synthetic_cxr(12, opacity_contrast=3.0, **kw)
+    np.testing.assert_array_equal(base.masks["opacity"], strong.masks["opacity"])  # same lesions, same places
+    pd.testing.assert_frame_equal(base.labels, strong.labels)
+    np.testing.assert_allclose(strong.params["opacity_amplitude"], 3.0 * base.params["opacity_amplitude"])
+
+    def contrast(ds, i):
+        m = ds.masks["opacity"][i]
+        ring = ndimage.binary_dilation(m, iterations=4) & ~ndimage.binary_dilation(m) & ds.anatomy["lungs"][i]
+        return ds.images[i][m].mean() - ds.images[i][ring].mean()
+
+    gain = [contrast(strong, i) - contrast(base, i) for i in range(12) if base.masks["opacity"][i].sum() >= 10]
+    assert len(gain) >= 8 and min(gain) > 0.05, gain
+    # outside the (blurred) lesion the images are the same
+    far = ~ndimage.binary_dilation(base.masks["opacity"] | strong.masks["opacity"], iterations=6)
+    assert np.abs(base.images - strong.images)[far].max() < 0.05
+    with pytest.raises(ValueError, match="opacity_contrast"):
+        make_synthetic_cxr(2, size=64, opacity_contrast=-1.0)
+
+
 def test_cardiomegaly_raises_cardiothoracic_ratio(ds):
     card = ds.labels["cardiomegaly"].to_numpy() == 1
     ctr = cardiothoracic_ratio(ds.anatomy["heart"], ds.anatomy["lungs"])

@@ -169,6 +169,26 @@ def test_early_stopping_callback_stops_and_restores():
     np.testing.assert_array_equal(model.get_layer("d").get_weights()[0], good[0])
 
 
+def test_tied_validation_auc_is_broken_by_lower_validation_loss():
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, activation="sigmoid", name="d")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    x = np.linspace(-1, 1, 20, dtype=np.float32)[:, None]
+    y = (x[:, 0] > 0).astype(np.float32)[:, None]
+    # all three rank the validation set perfectly (AUC 1.0); the sharper weights have the lower loss
+    weak, sharp, weaker = ([np.array([[s]], np.float32), np.zeros(1, np.float32)] for s in (1.0, 8.0, 0.5))
+    cb = _ValidationAUC(_Batches(_array_loader(x), np.arange(20), 6), y, ["a"], patience=5, pos_weight=None)
+    cb.set_model(model)
+    for epoch, weights in enumerate([weak, sharp, weaker]):
+        model.set_weights(weights)
+        cb.on_epoch_end(epoch, {"loss": 1.0})
+    assert cb.history["val_auc"] == [1.0, 1.0, 1.0]
+    assert cb.history["val_loss"][1] < cb.history["val_loss"][0] < cb.history["val_loss"][2]
+    assert cb.best_epoch == 1 and cb.best_val_loss == pytest.approx(cb.history["val_loss"][1])
+    assert cb._wait == 1  # the tie with a higher loss (epoch 2) is not an improvement
+    cb.on_train_end()
+    np.testing.assert_array_equal(model.get_layer("d").get_weights()[0], sharp[0])
+
+
 def test_only_last_k_weighted_layers_train():
     df, images, _ = _square_data(n_patients=20)
     bb = _backbone()
