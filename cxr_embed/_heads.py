@@ -14,6 +14,7 @@ the fitted object through ``tf.numpy_function``: gradient-free Score-CAM can run
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
 
 __all__: list[str] = []  # private module
 
@@ -113,7 +114,7 @@ def linear_head(estimator, dim: int, *, random_state=0):
     b = np.array([b for _, b in comps])
     R = rng.normal(size=(8, dim))
     expected = positive_proba(estimator, R)
-    got = (1 / (1 + np.exp(-(R @ W + b)))).mean(axis=1)
+    got = expit(R @ W + b).mean(axis=1)
     if not np.allclose(expected, got, atol=1e-4):
         return None
     return W.astype(np.float32), b.astype(np.float32)

@@ -19,6 +19,7 @@ undone), scaled to [0, 1].
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -110,6 +111,12 @@ def _label_index(label, names: Sequence | None, n_outputs: int) -> tuple[int, An
     return list(names).index(label), label
 
 
+def _call(model, batch):
+    """Run a one-input model on a batch, matching the structure it was built with (tensor or [tensor])."""
+    x = np.asarray(batch, np.float32)
+    return model([x] if isinstance(model.input, (list, tuple)) else x, training=False)
+
+
 def _last_conv_layer(model) -> str:
     for layer in reversed(model.layers):
         shape = getattr(layer, "output", None)
@@ -149,7 +156,7 @@ def _cnn_target(model, *, label, labels, method, layer, resize) -> _Target:
     proba_model = keras.Model(model.inputs, prob_out)
 
     def proba(batch):
-        return np.asarray(proba_model(np.asarray(batch, np.float32), training=False))[:, 0]
+        return np.asarray(_call(proba_model, batch))[:, 0]
 
     return _Target(target_model, layer or _last_conv_layer(model), (h, w), resize, proba, kind, name)
 
@@ -193,7 +200,7 @@ def _pipeline_target(backbone, estimator, *, label, method, layer) -> _Target:
     embed_model = bb_model
 
     def proba(batch):
-        X = np.asarray(embed_model(np.asarray(batch, np.float32), training=False))
+        X = np.asarray(_call(embed_model, batch))
         return positive_proba(est, X)
 
     if method in _GRADIENT_METHODS:
@@ -216,12 +223,6 @@ def _pipeline_target(backbone, estimator, *, label, method, layer) -> _Target:
 # --------------------------------------------------------------------------- computing maps
 def _compute_map(target: _Target, x: np.ndarray, method: str, *, faster_n: int, smooth_samples: int,
                  smooth_noise: float, batch_size: int) -> np.ndarray:
-    from tf_keras_vis.gradcam import Gradcam
-    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
-    from tf_keras_vis.layercam import Layercam
-    from tf_keras_vis.saliency import Saliency as _TkvSaliency
-    from tf_keras_vis.scorecam import Scorecam
-
     if target.kind == "logit":
         def score(out):
             return out[:, 0]
@@ -233,16 +234,29 @@ def _compute_map(target: _Target, x: np.ndarray, method: str, *, faster_n: int, 
     # tf-keras-vis calls model.predict with Keras' default progress bar; a library must not print
     model.predict = _quiet_predict(model.predict)
     seed = x[None].astype(np.float32)
+    with warnings.catch_warnings():
+        # tf-keras-vis calls models with a bare tensor; Keras 3 then warns that the input structure
+        # (a named input) differs. Harmless, and only silenced here, never globally.
+        warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match", category=UserWarning)
+        sal = _run_method(model, score, seed, method, target.layer, faster_n=faster_n,
+                          smooth_samples=smooth_samples, smooth_noise=smooth_noise, batch_size=batch_size)
+    return np.nan_to_num(np.asarray(sal, dtype=np.float32)[0])
+
+
+def _run_method(model, score, seed, method, layer, *, faster_n, smooth_samples, smooth_noise, batch_size):
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.layercam import Layercam
+    from tf_keras_vis.saliency import Saliency as _TkvSaliency
+    from tf_keras_vis.scorecam import Scorecam
+
     if method == "smoothgrad":
-        sal = _TkvSaliency(model, clone=False)(score, seed, smooth_samples=smooth_samples, smooth_noise=smooth_noise)
-    elif method in ("scorecam", "faster-scorecam"):
+        return _TkvSaliency(model, clone=False)(score, seed, smooth_samples=smooth_samples, smooth_noise=smooth_noise)
+    if method in ("scorecam", "faster-scorecam"):
         max_n = faster_n if method == "faster-scorecam" else None
-        sal = Scorecam(model, clone=False)(score, seed, penultimate_layer=target.layer, max_N=max_n, batch_size=batch_size)
-    else:
-        cls = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus, "layercam": Layercam}[method]
-        sal = cls(model, clone=False)(score, seed, penultimate_layer=target.layer)
-    sal = np.nan_to_num(np.asarray(sal, dtype=np.float32)[0])
-    return sal
+        return Scorecam(model, clone=False)(score, seed, penultimate_layer=layer, max_N=max_n, batch_size=batch_size)
+    cls = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus, "layercam": Layercam}[method]
+    return cls(model, clone=False)(score, seed, penultimate_layer=layer)
 
 
 def _quiet_predict(predict):
