@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONDONTWRITEBYTECODE ?= 1
 
-.PHONY: install test test-slow demo bench docs-check clean
+.PHONY: install test test-slow demo bench docs clean
 
 $(STAMP): setup.cfg setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,5 +30,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/extract.py
 
+docs: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[docs]"
+	$(BIN)/mkdocs build -q -d site
+
 clean:
-	rm -rf demo_output build *.egg-info .pytest_cache
+	rm -rf demo_output site build *.egg-info .pytest_cache
