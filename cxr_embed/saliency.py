@@ -425,21 +425,15 @@ def _check_fingerprint(model, backbone):
         )
 
 
-def _explain_ensemble(image, path, ensemble, members, *, method, label, **kw) -> Saliency:
+def _explain_ensemble(image, path, ensemble, members, *, method, label, layer=None, **kw) -> Saliency:
     """Combine member maps with the ensemble's weights for this image."""
-    maps, probas, input_maps = [], [], []
-    for bb, est in members:
-        target = _pipeline_target(bb, est, label=label, method=method, layer=kw.get("layer"))
-        x = prepare_image(image, target.input_size, mode=target.resize)
-        m = _compute_map(target, x, method, faster_n=kw["faster_n"], smooth_samples=kw["smooth_samples"],
-                         smooth_noise=kw["smooth_noise"], batch_size=kw["batch_size"])
-        input_maps.append(m)
-        maps.append(_normalise(restore_map(m, image.shape, mode=target.resize)))
-        probas.append(float(target.proba(x[None])[0]))
-    weights = _ensemble_weights(ensemble, np.asarray(probas))
-    full = _normalise(np.tensordot(weights, np.stack(maps), axes=1))
-    score = _ensemble_score(ensemble, np.asarray(probas))
-    return Saliency(full, method, label, score, input_maps[int(np.argmax(weights))], image, path)
+    parts = [_explain_with(_pipeline_target(bb, est, label=label, method=method, layer=layer), image, path, method, **kw)
+             for bb, est in members]
+    probas = np.array([p.score for p in parts])
+    weights = _ensemble_weights(ensemble, probas)
+    full = _normalise(np.tensordot(weights, np.stack([p.map for p in parts]), axes=1))
+    score = _ensemble_score(ensemble, probas)
+    return Saliency(full, method, label, score, parts[int(np.argmax(weights))].input_map, image, path)
 
 
 def _ensemble_score(ensemble, probas: np.ndarray) -> float:
