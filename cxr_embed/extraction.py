@@ -127,20 +127,26 @@ def _as_items(manifest_or_paths) -> tuple[list[str], list[str]]:
 
 
 # ---------------------------------------------------------------- workers
-def _read_and_prepare(items: list[tuple[int, str]], size, mode) -> list[tuple[int, Any, str | None]]:
-    """Process-pool task: decode and prepare a chunk; return (index, array or None, failure reason)."""
+def _decode_chunk(items: list[tuple[int, str]], prepare) -> list[tuple[int, Any, str | None]]:
+    """Read and prepare each (index, path); return (index, array or None, failure reason)."""
     from .io.images import read_image
-    from .preprocessing import prepare_image
 
     out = []
     for idx, path in items:
         try:
             image, _ = read_image(path)
-            # the three channels are copies: ship one (a third of the bytes through the pipe)
-            out.append((idx, np.ascontiguousarray(prepare_image(image, size, mode=mode)[:, :, 0]), None))
+            out.append((idx, prepare(image), None))
         except (ImageReadError, ValueError, OSError) as e:
             out.append((idx, None, _reason(e)))
     return out
+
+
+def _read_and_prepare(items: list[tuple[int, str]], size, mode) -> list[tuple[int, Any, str | None]]:
+    """Process-pool task: decode and prepare a chunk with the library's ``prepare_image``."""
+    from .preprocessing import prepare_image
+
+    # the three channels are copies: ship one (a third of the bytes through the pipe)
+    return _decode_chunk(items, lambda image: np.ascontiguousarray(prepare_image(image, size, mode=mode)[:, :, 0]))
 
 
 def _reason(e: BaseException) -> str:
@@ -148,17 +154,9 @@ def _reason(e: BaseException) -> str:
 
 
 def _local_task(backbone):
+    """In-process / thread task: decode and prepare a chunk with ``backbone.prepare``."""
     def task(items):
-        from .io.images import read_image
-
-        out = []
-        for idx, path in items:
-            try:
-                image, _ = read_image(path)
-                out.append((idx, np.asarray(backbone.prepare(image), dtype=np.float32), None))
-            except (ImageReadError, ValueError, OSError) as e:
-                out.append((idx, None, _reason(e)))
-        return out
+        return _decode_chunk(items, lambda image: np.asarray(backbone.prepare(image), dtype=np.float32))
 
     return task
 
