@@ -237,6 +237,136 @@ def test_delong_p_values_are_uniform_under_the_null():
     assert 0.02 <= np.mean(ps < 0.05) <= 0.09
 
 
+# --------------------------------------------------------------------------- DeLong vs R's pROC
+# These run only where R and its pROC package are installed (Debian/Ubuntu:
+# `apt-get install r-cran-proc`); otherwise they skip. pROC is GPL, so its `aSAH` data are
+# read from the installed R package at test time and never copied into this repository.
+#
+# Conventions. pROC's roc(response, predictor) takes the first factor level as the
+# controls and, by default, picks the direction from the medians; "<" means controls score
+# lower than cases, i.e. AUC = P(score_case > score_control) + 0.5 P(tie), which is our AUC
+# with the case level as y = 1. roc.test(roc1, roc2) reports Z = (AUC1 - AUC2) / SD(diff),
+# and our delong_test(y, score_a, score_b) returns z = (auc_a - auc_b) / SD(diff): same
+# sign with a = roc1, b = roc2. The p-value is two-sided in both.
+_PROC_ENABLE = "to enable: apt-get install r-cran-proc"
+
+
+def _rscript(code: str, *args: str) -> str:
+    """Run ``Rscript -e code args...`` and return its stdout; fail with R's stderr on error."""
+    import subprocess
+
+    res = subprocess.run(
+        [_RSCRIPT["path"], "--vanilla", "-e", code, *args],
+        capture_output=True, text=True, timeout=120,
+    )
+    if res.returncode != 0:
+        pytest.fail(f"Rscript failed ({res.returncode}):\n{res.stderr}")
+    return res.stdout
+
+
+_RSCRIPT: dict = {}
+
+
+@pytest.fixture
+def proc_r():
+    """Skip unless ``Rscript`` is on PATH and R can load pROC (checked once per session)."""
+    import shutil
+    import subprocess
+
+    path = shutil.which("Rscript")
+    if path is None:
+        pytest.skip(f"R (Rscript) is not on PATH; {_PROC_ENABLE}")
+    if _RSCRIPT.get("path") != path:
+        ok = subprocess.run(
+            [path, "--vanilla", "-e", 'quit(status = if (requireNamespace("pROC", quietly = TRUE)) 0 else 3)'],
+            capture_output=True, timeout=60,
+        ).returncode == 0
+        _RSCRIPT.update(path=path, ok=ok)
+    if not _RSCRIPT["ok"]:
+        pytest.skip(f"R package pROC is not installed; {_PROC_ENABLE}")
+    return _rscript
+
+
+def test_delong_reproduces_proc_published_asah_example(proc_r):
+    import io
+
+    # aSAH (113 patients, 41 with a poor outcome), read from the installed pROC package.
+    # wfns is an ordered factor with levels "1" < ... < "5"; pROC uses its level codes.
+    csv = proc_r(
+        "suppressPackageStartupMessages(library(pROC)); data(aSAH);"
+        "write.csv(data.frame(outcome = as.character(aSAH$outcome), s100b = aSAH$s100b,"
+        " wfns = as.numeric(aSAH$wfns)), stdout(), row.names = FALSE)"
+    )
+    d = pd.read_csv(io.StringIO(csv))
+    assert len(d) == 113 and set(d["outcome"]) == {"Good", "Poor"}
+    # pROC: levels(outcome) = c("Good", "Poor") -> controls = "Good", cases = "Poor" = 1 here;
+    # it chooses direction "<" for both markers, the orientation of our AUC.
+    y = (d["outcome"] == "Poor").astype(int).to_numpy()
+    auc_a, auc_b, z, p = delong_test(y, d["s100b"], d["wfns"])
+    # Published in the pROC manual, roc.test examples (pROC 1.18.0):
+    #   roc1 <- roc(aSAH$outcome, aSAH$s100b); roc2 <- roc(aSAH$outcome, aSAH$wfns)
+    #   roc.test(roc1, roc2)  # method = "delong"
+    #   "DeLong's test for two correlated ROC curves ... Z = -2.209, p-value = 0.02718
+    #    ... AUC of roc1 0.7313686  AUC of roc2 0.8236789"
+    # Asserted to the printed precision (half a unit in the last printed digit).
+    assert auc_a == pytest.approx(0.7313686, abs=5e-8)
+    assert auc_b == pytest.approx(0.8236789, abs=5e-8)
+    assert z == pytest.approx(-2.209, abs=5e-4)   # negative: z = auc_a - auc_b scaled, s100b < wfns
+    assert p == pytest.approx(0.02718, abs=5e-6)
+
+
+def _synthetic_paired_sets(n_sets=20):
+    """Paired scores of two correlated models; ties, unequal classes, an AUC < 0.5 too."""
+    frames = []
+    for seed in range(n_sets):
+        rng = np.random.default_rng(1000 + seed)
+        n_pos, n_neg = int(rng.integers(4, 120)), int(rng.integers(4, 250))
+        y = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
+        rng.shuffle(y)
+        n = y.size
+        shared = rng.normal(0, 1, n)
+        a = rng.uniform(0, 1.5) * y + shared + rng.normal(0, 1, n)
+        b = rng.uniform(-0.5, 1.5) * y + rng.uniform(0, 1) * shared + rng.normal(0, 1, n)
+        if seed % 3 == 0:       # coarse ties within and across classes
+            a, b = np.round(a, 1), np.round(b, 0)
+        elif seed % 3 == 1:     # ordinal 1..5 scores, as radiologist ratings
+            a = np.digitize(a, np.quantile(a, [0.2, 0.4, 0.6, 0.8])) + 1.0
+        frames.append(pd.DataFrame({"dataset": seed, "y": y, "a": a, "b": b}))
+    return pd.concat(frames, ignore_index=True)
+
+
+_PROC_PAIRED_DELONG = r"""
+suppressPackageStartupMessages(library(pROC))
+args <- commandArgs(trailingOnly = TRUE)
+d <- read.csv(args[1])
+for (g in split(d, d$dataset)) {
+  # fixed levels and direction: controls = 0, cases = 1, "<" (no automatic flipping)
+  r1 <- roc(g$y, g$a, levels = c(0, 1), direction = "<", quiet = TRUE)
+  r2 <- roc(g$y, g$b, levels = c(0, 1), direction = "<", quiet = TRUE)
+  t <- roc.test(r1, r2, method = "delong", paired = TRUE)
+  cat(sprintf("%d,%.17g,%.17g,%.17g,%.17g\n", g$dataset[1],
+              t$estimate[[1]], t$estimate[[2]], t$statistic[[1]], t$p.value))
+}
+"""
+
+
+def test_delong_equals_proc_roc_test_on_synthetic_paired_data(proc_r, tmp_path):
+    data = _synthetic_paired_sets(20)
+    path = tmp_path / "paired.csv"
+    data.to_csv(path, index=False, float_format="%.17g")
+    out = proc_r(_PROC_PAIRED_DELONG, str(path))
+    ref = np.array([[float(v) for v in line.split(",")] for line in out.strip().splitlines()])
+    assert ref.shape == (20, 5)
+    ours = np.array([
+        delong_test(g["y"], g["a"], g["b"]) for _, g in data.groupby("dataset", sort=True)
+    ])
+    assert np.array_equal(ref[:, 0], np.arange(20))
+    assert np.any(ours[:, 1] < 0.5)           # an AUC below 0.5 is kept, not flipped
+    np.testing.assert_allclose(ours[:, :2], ref[:, 1:3], rtol=0, atol=1e-12)   # AUCs
+    np.testing.assert_allclose(ours[:, 2], ref[:, 3], rtol=1e-8, atol=1e-12)   # Z, same sign
+    np.testing.assert_allclose(ours[:, 3], ref[:, 4], rtol=1e-8, atol=1e-15)   # p
+
+
 # --------------------------------------------------------------------------- operating points
 Y_OP = np.array([0, 0, 0, 0, 1, 1, 1])
 S_OP = np.array([0.1, 0.2, 0.3, 0.6, 0.5, 0.7, 0.9])
