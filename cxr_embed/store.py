@@ -129,6 +129,26 @@ def _as_identity(backbone_or_fingerprint) -> tuple[str, str | None, int | None]:
     return fp, (stable_json(config) if config is not None else None), (int(dim) if dim is not None else None)
 
 
+def _compute_list(attrs) -> list[dict]:
+    """The ``compute`` provenance of a group or journal batch: a list of dicts (possibly empty)."""
+    raw = attrs.get("compute")
+    if raw is None:
+        return []
+    value = json.loads(raw if isinstance(raw, str) else raw.decode() if isinstance(raw, bytes) else str(raw))
+    return [value] if isinstance(value, dict) else list(value or [])
+
+
+def _union_compute(*lists) -> list[dict]:
+    out, seen = [], set()
+    for lst in lists:
+        for item in lst:
+            key = stable_json(item)
+            if key not in seen:
+                seen.add(key)
+                out.append(item)
+    return out
+
+
 def _check_ids(ids) -> np.ndarray:
     arr = np.asarray(ids)
     if arr.ndim != 1:
@@ -253,6 +273,7 @@ class EmbeddingStore:
             ids_parts: list[np.ndarray] = []
             x_parts: list = []
             meta = None
+            computes: list[dict] = []
             try:
                 sources = []
                 if self.path.exists():
@@ -266,6 +287,7 @@ class EmbeddingStore:
                             continue
                         self._check_group_identity(src_path, g.attrs, fingerprint, config, dim)
                         meta = meta or dict(g.attrs)
+                        computes = _union_compute(computes, _compute_list(g.attrs))
                         src_ids = _read_ids(g["ids"])
                         ids_parts.append(src_ids)
                         if with_data and want_index is None:
@@ -279,6 +301,8 @@ class EmbeddingStore:
         else:  # pragma: no cover - five compactions in a row during one read
             raise StoreError(f"{self.path}: the store kept changing while being read; fix: retry when the writer is done")
         ids = np.concatenate(ids_parts) if ids_parts else np.asarray([], dtype=str)
+        if meta is not None:
+            meta["compute"] = stable_json(computes)
         d = int(meta["dim"]) if meta is not None else (dim or 0)
         X = None
         # drop duplicates left by a compaction killed between rename and journal cleanup
@@ -435,7 +459,8 @@ class EmbeddingStore:
         dict
             ``{"path", "format", "format_version", "library_version", "tensorflow_version",
             "created", "updated", "pending_journal_batches", "backbones": {fingerprint: {"count",
-            "dim", "dtype", "config", "created", "updated"}}}``.
+            "dim", "dtype", "config", "compute", "created", "updated"}}}``; ``compute`` lists how the
+            rows were computed (precision, replicas, devices, XLA; one entry per distinct setting).
 
         Examples
         --------
@@ -459,6 +484,7 @@ class EmbeddingStore:
                 "dim": int(meta["dim"]),
                 "dtype": str(meta["dtype"]),
                 "config": json.loads(meta["config"]),
+                "compute": json.loads(meta.get("compute") or "[]"),
                 "created": str(meta.get("created", "")),
                 "updated": str(meta.get("updated", "")),
             }
@@ -591,6 +617,8 @@ class StoreWriter:
         self.fingerprint, self._config, self.dim = _as_identity(backbone)
         if self._config is None or self.dim is None:
             raise TypeError("writer() needs a Backbone with .fingerprint, .config and .dim, not a fingerprint string")
+        compute = getattr(backbone, "compute", None)
+        self._compute = stable_json([compute]) if isinstance(compute, dict) else None
         self._requested_dtype = dtype
         self.dtype = dtype or "float32"
         self.existing: set[str] = set()
@@ -674,6 +702,8 @@ class StoreWriter:
             j.attrs["dim"] = self.dim
             j.attrs["dtype"] = self.dtype
             j.attrs["created"] = _now()
+            if self._compute is not None:
+                j.attrs["compute"] = self._compute
             j.create_dataset("ids", data=ids.astype(object), dtype=_str_dtype())
             j.create_dataset("embeddings", data=X)
         _fsync_file(tmp)
@@ -781,6 +811,9 @@ def _append_to_group(f, src, compression, *, source) -> int:
         for i in range(0, new_ids.size, step):
             g["ids"][n0 + i : n0 + i + step] = new_ids[i : i + step].astype(object)
             g["embeddings"][n0 + i : n0 + i + step] = new_X[i : i + step].astype(dtype)
+    computes = _union_compute(_compute_list(g.attrs), _compute_list(src.attrs))
+    if computes:
+        g.attrs["compute"] = stable_json(computes)
     g.attrs["count"] = n1
     g.attrs["updated"] = now
     return int(new_ids.size)
@@ -834,7 +867,7 @@ def merge(stores: Iterable, into) -> EmbeddingStore:
                 dest.journal_dir.mkdir(exist_ok=True)
                 # stage the shard's group as one journal batch, then compact: crash-safe like a writer
                 with h5py.File(tmp, "w") as j:
-                    j.attrs.update({k: meta[k] for k in ("fingerprint", "config", "dim", "dtype")})
+                    j.attrs.update({k: meta[k] for k in ("fingerprint", "config", "dim", "dtype", "compute")})
                     j.attrs["format"] = _JOURNAL_FORMAT
                     j.attrs["format_version"] = FORMAT_VERSION
                     j.create_dataset("ids", data=ids.astype(object), dtype=_str_dtype())

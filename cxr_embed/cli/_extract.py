@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pooling", default="avg", help="pooling of the tapped layer: avg (default), max, gem")
     p.add_argument("--preprocess", default="none",
                    help="for a .keras file: input normalisation mode (none, caffe, torch, tf); default none")
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"],
+                   help="arithmetic of the forward pass: auto (default) = mixed_float16 on a GPU, float32 on CPU")
     p.add_argument("--store", required=True, help="HDF5 store (created if missing)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--workers", type=int, default=None,
@@ -63,11 +65,12 @@ def _backbone(args):
 
     if args.backbone.endswith((".keras", ".h5")) or os.path.isfile(args.backbone):
         return cxr_embed.Backbone.from_keras(args.backbone, layer=args.layer, preprocess=args.preprocess,
-                                             pooling=args.pooling)
+                                             pooling=args.pooling, precision=getattr(args, "precision", "auto"))
     weights: Any = "imagenet" if args.weights is None else args.weights
     if isinstance(weights, str) and weights.lower() == "none":
         weights = None
-    return cxr_embed.Backbone(args.backbone, weights=weights, layer=args.layer, pooling=args.pooling)
+    return cxr_embed.Backbone(args.backbone, weights=weights, layer=args.layer, pooling=args.pooling,
+                              precision=getattr(args, "precision", "auto"))
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
@@ -106,4 +109,7 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
         name = cfg.get("name", "?") if isinstance(cfg, dict) else "?"
         print(f"- {fp[:12]}  {name}: {b['count']} embeddings x {b['dim']} ({b['dtype']})")
         print(f"    config: {json.dumps(cfg, sort_keys=True, default=str)}")
+        for c in b.get("compute", []):
+            print(f"    computed: {c.get('precision')} on {c.get('replicas')} device(s) {c.get('devices')}"
+                  f"{' with XLA' if c.get('xla') else ''}")
     return 0
