@@ -366,7 +366,7 @@ def test_script_without_main_guard_falls_back_to_threads(model_path, pngs, tmp_p
         bb = Backbone.from_keras({str(model_path)!r}, preprocess="none")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            report = extract({pngs[:6]!r}, bb, {str(tmp_path / "s.h5")!r}, workers=1, progress=False, batch_size=4)
+            report = extract({pngs[:6]!r}, bb, {str(tmp_path / "s.h5")!r}, workers=2, progress=False, batch_size=4)
         print("DONE", report.n_done, any("__main__" in str(w.message) for w in caught))
     """))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
