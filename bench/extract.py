@@ -90,12 +90,16 @@ def write_dicom(folder: Path, n: int, size: int) -> list[str]:
 
 def make_backbone(name: str, input_size: int):
     """(backbone, note): ImageNet weights offline when available, else weights=None with a note."""
+    import contextlib
+
     import cxr_embed
 
-    try:
-        return cxr_embed.Backbone(name, weights="imagenet", input_size=input_size), None
-    except Exception as e:  # noqa: BLE001 - the fallback is reported in the JSON
-        return cxr_embed.Backbone(name, weights=None, input_size=input_size), f"imagenet weights unavailable ({e}); used weights=None"
+    with contextlib.redirect_stdout(sys.stderr):  # Keras prints "Downloading data from ..." on stdout
+        try:
+            return cxr_embed.Backbone(name, weights="imagenet", input_size=input_size), None
+        except Exception as e:  # noqa: BLE001 - the fallback is reported in the JSON
+            note = f"imagenet weights unavailable ({e}); used weights=None"
+            return cxr_embed.Backbone(name, weights=None, input_size=input_size), note
 
 
 def bench_model_only(bb, n: int, batch_size: int) -> float:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clone
 from sklearn.dummy import DummyClassifier
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
@@ -34,6 +35,8 @@ from .labels import apply_uncertainty, normalize_policy, soft_to_weighted
 from .validation import GroupedRepeatedKFold
 
 __all__ = [
+    "GroupedCalibratedClassifierCV",
+    "GroupedPipeline",
     "GroupedSearchCV",
     "MultiLabelClassifier",
     "XGBoostClassifier",
@@ -196,6 +199,126 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(proba, axis=1)]
 
 
+# --------------------------------------------------------------------------- patient-aware building blocks
+def _accepts_groups(est: Any) -> bool:
+    try:
+        return "groups" in inspect.signature(est.fit).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+class GroupedCalibratedClassifierCV(CalibratedClassifierCV):
+    """:class:`~sklearn.calibration.CalibratedClassifierCV` whose internal folds keep patients apart.
+
+    Scikit-learn's calibration splits the training rows into ``cv`` folds (fit the classifier on
+    some, fit the sigmoid/isotonic map on the rest). With several images per patient, an
+    ungrouped split puts a patient's images on both sides and calibrates on near-duplicates of
+    training images, so the probabilities come out over-confident. Given ``groups`` (patient
+    ids), this class uses :class:`~sklearn.model_selection.StratifiedGroupKFold` instead.
+    Without ``groups`` it is exactly ``CalibratedClassifierCV``.
+
+    Parameters
+    ----------
+    estimator, method, cv, n_jobs, ensemble
+        As for :class:`~sklearn.calibration.CalibratedClassifierCV`; ``cv`` must be an int for
+        the grouped split (a splitter or an iterable of splits is used as given).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.svm import LinearSVC
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(60, 4)); y = np.tile([0, 1], 30); groups = np.repeat(np.arange(20), 3)
+    >>> clf = GroupedCalibratedClassifierCV(LinearSVC(), cv=3).fit(X, y, groups=groups)
+    >>> clf.predict_proba(X).shape
+    (60, 2)
+    """
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None, groups: Any = None,
+            **fit_params: Any) -> "GroupedCalibratedClassifierCV":
+        """Fit and calibrate, with patient-grouped internal folds when ``groups`` is given.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        sample_weight : array-like of shape (n_samples,), optional
+        groups : array-like of shape (n_samples,), optional
+            Patient ids.
+        **fit_params
+            Passed to the underlying estimator's ``fit``.
+
+        Returns
+        -------
+        self
+        """
+        if groups is None or not isinstance(self.cv, numbers.Integral):
+            return super().fit(X, y, sample_weight=sample_weight, **fit_params)
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        from .validation import check_no_leakage
+
+        groups = np.asarray(groups)
+        y_arr = np.asarray(y)
+        if groups.shape[0] != y_arr.shape[0]:
+            raise ValueError(f"groups has {groups.shape[0]} rows but y has {y_arr.shape[0]}; they must match")
+        n_groups = np.unique(groups).size
+        if n_groups < self.cv:
+            raise ValueError(f"{n_groups} patients cannot fill cv={self.cv} grouped calibration folds; "
+                             "pass fewer folds (cv=2) or more patients")
+        splits = list(StratifiedGroupKFold(n_splits=int(self.cv)).split(np.zeros((len(y_arr), 1)), y_arr, groups))
+        for train, test in splits:
+            check_no_leakage(groups[train], groups[test])
+        cv = self.cv
+        self.cv = splits  # restored below: the parameter the user set stays an int
+        try:
+            super().fit(X, y, sample_weight=sample_weight, **fit_params)
+        finally:
+            self.cv = cv
+        return self
+
+
+class GroupedPipeline(Pipeline):
+    """A :class:`~sklearn.pipeline.Pipeline` whose ``fit`` also takes ``groups``.
+
+    ``groups`` (patient ids) are handed to the last step when its ``fit`` accepts them (for
+    example :class:`GroupedCalibratedClassifierCV`), so that the library's validation code,
+    which passes ``groups`` to every estimator that asks for them, keeps patients apart inside
+    the classifier too. Everything else is a plain scikit-learn pipeline.
+
+    Examples
+    --------
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> from sklearn.svm import LinearSVC
+    >>> import numpy as np
+    >>> pipe = GroupedPipeline([("scale", StandardScaler()), ("clf", GroupedCalibratedClassifierCV(LinearSVC()))])
+    >>> X = np.random.default_rng(0).normal(size=(60, 3)); y = np.tile([0, 1], 30)
+    >>> pipe.fit(X, y, groups=np.repeat(np.arange(20), 3)).predict(X).shape
+    (60,)
+    """
+
+    def fit(self, X: Any, y: Any = None, groups: Any = None, **params: Any) -> "GroupedPipeline":
+        """Fit every step; ``groups`` go to the last step if it accepts them.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,), optional
+        groups : array-like of shape (n_samples,), optional
+            Patient ids.
+        **params
+            ``step__param`` fit parameters, as for :class:`~sklearn.pipeline.Pipeline`.
+
+        Returns
+        -------
+        self
+        """
+        name, last = self.steps[-1]
+        if groups is not None and last not in (None, "passthrough") and _accepts_groups(last):
+            params[f"{name}__groups"] = groups
+        return super().fit(X, y, **params)
+
+
 # --------------------------------------------------------------------------- fitting helpers
 def _final_step(est: Any) -> Any:
     return est.steps[-1][1] if isinstance(est, Pipeline) else est
@@ -217,6 +340,15 @@ def _weight_kwargs(est: Any, sample_weight: Any) -> dict:
     if isinstance(est, Pipeline):
         return {f"{est.steps[-1][0]}__sample_weight": sample_weight}
     return {"sample_weight": sample_weight}
+
+
+def _inner_groups_kwargs(est: Any, groups: Any) -> dict:
+    """Fit parameters that hand ``groups`` to a search candidate's last step (GridSearchCV keeps
+    its own ``groups`` for the splitter and slices these per training fold)."""
+    if groups is None or not isinstance(est, Pipeline):
+        return {}
+    name, last = est.steps[-1]
+    return {f"{name}__groups": groups} if last not in (None, "passthrough") and _accepts_groups(last) else {}
 
 
 def _fit_with(est: Any, X: Any, y: Any, *, groups: Any = None, sample_weight: Any = None) -> Any:
@@ -329,7 +461,8 @@ class GroupedSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
                                         random_state=self.random_state, **common)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*One or more of the test scores are non-finite.*")
-            search.fit(X, y, groups=groups, **_weight_kwargs(self.estimator, sample_weight))
+            search.fit(X, y, groups=groups, **_weight_kwargs(self.estimator, sample_weight),
+                       **_inner_groups_kwargs(self.estimator, groups))
         self.search_ = search
         self.cv_results_ = search.cv_results_
         self.best_params_ = search.best_params_
@@ -394,18 +527,18 @@ def default_search_space(name: str) -> dict[str, list]:
 def _base_classifier(name: str, *, class_weight: Any, n_jobs: int | None, random_state: Any) -> tuple[Any, bool]:
     """(estimator, wants_scaling)."""
     from sklearn import ensemble, linear_model, neighbors, neural_network, svm
-    from sklearn.calibration import CalibratedClassifierCV
 
     if name == "logreg":
         return linear_model.LogisticRegression(C=0.01, class_weight=class_weight, max_iter=5000,
                                                random_state=random_state), True
     if name == "linear_svm":
-        return CalibratedClassifierCV(svm.LinearSVC(C=0.01, class_weight=class_weight, random_state=random_state,
-                                                    max_iter=5000), method="sigmoid", cv=3, n_jobs=n_jobs), True
+        return GroupedCalibratedClassifierCV(svm.LinearSVC(C=0.01, class_weight=class_weight,
+                                                           random_state=random_state, max_iter=5000),
+                                             method="sigmoid", cv=3, n_jobs=n_jobs), True
     if name == "rbf_svm":
-        return CalibratedClassifierCV(svm.SVC(C=1.0, gamma="scale", class_weight=class_weight,
-                                              random_state=random_state), method="sigmoid", cv=3,
-                                      ensemble=False, n_jobs=n_jobs), True
+        return GroupedCalibratedClassifierCV(svm.SVC(C=1.0, gamma="scale", class_weight=class_weight,
+                                                     random_state=random_state), method="sigmoid", cv=3,
+                                             ensemble=False, n_jobs=n_jobs), True
     if name == "knn":
         return neighbors.KNeighborsClassifier(n_neighbors=15, weights="distance", n_jobs=n_jobs), True
     if name == "random_forest":
@@ -434,8 +567,8 @@ def make_classifier(name: str, *, search: str | None = None, cv: Any = 5, n_iter
     name                       pipeline (``scale`` = StandardScaler)
     =========================  ===========================================================
     ``logreg``                 scale + LogisticRegression(C=0.01) (strongly regularised)
-    ``linear_svm``             scale + CalibratedClassifierCV(LinearSVC(C=0.01), sigmoid)
-    ``rbf_svm``                scale + CalibratedClassifierCV(SVC(rbf), sigmoid, ensemble=False)
+    ``linear_svm``             scale + GroupedCalibratedClassifierCV(LinearSVC(C=0.01), sigmoid)
+    ``rbf_svm``                scale + GroupedCalibratedClassifierCV(SVC(rbf), sigmoid, ensemble=False)
     ``knn``                    scale + KNeighborsClassifier(15, distance-weighted)
     ``random_forest``          RandomForestClassifier(300 trees)
     ``extra_trees``            ExtraTreesClassifier(300 trees)
@@ -500,7 +633,7 @@ def make_classifier(name: str, *, search: str | None = None, cv: Any = 5, n_iter
     if pca is not None:
         steps.append(("pca", PCA(n_components=pca, random_state=random_state)))
     steps.append(("clf", base))
-    pipe = Pipeline(steps)
+    pipe = GroupedPipeline(steps)
     if params:
         names = pipe.get_params(deep=True)
         resolved = {}

@@ -225,3 +225,92 @@ def test_clone_keeps_params():
     est = MultiLabelClassifier(make_classifier("knn"), policy="U-Zeros", random_state=3)
     c = clone(est)
     assert c.policy == "U-Zeros" and c.random_state == 3 and c.estimator is not est.estimator
+
+
+# ----------------------------------------------------------------- patient-grouped calibration
+from sklearn.svm import LinearSVC  # noqa: E402
+
+from cxr_embed.classifiers import GroupedCalibratedClassifierCV, GroupedPipeline  # noqa: E402
+
+
+class _RecordingSVC(LinearSVC):
+    """LinearSVC that remembers which patients (column 0 of X holds the patient id) it was fitted on.
+
+    Scaling is off in these tests, so column 0 reaches it unchanged."""
+
+    seen: list = []
+
+    def fit(self, X, y, sample_weight=None):
+        type(self).seen.append(np.asarray(X)[:, 0].round().astype(int).copy())
+        return super().fit(X, y, sample_weight=sample_weight)
+
+
+def _patient_data(n_patients=30, per=4, seed=0):
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_patients), per)
+    y = np.repeat(rng.permutation(np.tile([0, 1], n_patients // 2)), per)
+    X = np.column_stack([groups.astype(float), y + rng.normal(size=groups.size), rng.normal(size=(groups.size, 3))])
+    order = rng.permutation(groups.size)  # images of one patient are not adjacent
+    return X[order], y[order], groups[order]
+
+
+def _split_patients(groups, seen):
+    """Patients some of whose images were fitted and some not, per recorded fit."""
+    counts = {g: int((groups == g).sum()) for g in np.unique(groups)}
+    bad = []
+    for fitted in seen:
+        ids, n = np.unique(fitted, return_counts=True)
+        bad.extend(int(g) for g, k in zip(ids, n) if k != counts[g])
+    return bad
+
+
+def test_grouped_calibration_keeps_patients_whole():
+    X, y, groups = _patient_data()
+    _RecordingSVC.seen = []
+    clf = GroupedCalibratedClassifierCV(_RecordingSVC(max_iter=5000), cv=3).fit(X, y, groups=groups)
+    assert len(_RecordingSVC.seen) == 3 and clf.cv == 3  # the user's parameter is restored
+    assert _split_patients(groups, _RecordingSVC.seen) == []
+    # the plain scikit-learn split does cut patients (what the class exists to avoid)
+    _RecordingSVC.seen = []
+    GroupedCalibratedClassifierCV(_RecordingSVC(max_iter=5000), cv=3).fit(X, y)
+    assert _split_patients(groups, _RecordingSVC.seen) != []
+    assert clf.predict_proba(X).shape == (len(y), 2)
+
+
+def test_grouped_calibration_errors_and_pipeline_passes_groups():
+    X, y, groups = _patient_data()
+    two = np.isin(groups, [0, 1])  # two patients cannot fill three grouped folds
+    with pytest.raises(ValueError, match="2 patients cannot fill cv=3"):
+        GroupedCalibratedClassifierCV(LinearSVC(), cv=3).fit(X[two], y[two], groups=groups[two])
+    with pytest.raises(ValueError, match="groups has 5 rows"):
+        GroupedCalibratedClassifierCV(LinearSVC(), cv=3).fit(X, y, groups=groups[:5])
+    pipe = make_classifier("linear_svm", scale=False, random_state=0)
+    assert isinstance(pipe, GroupedPipeline)
+    pipe.set_params(clf__estimator=_RecordingSVC(max_iter=5000))
+    _RecordingSVC.seen = []
+    pipe.fit(X, y, groups=groups)
+    assert len(_RecordingSVC.seen) == 3 and _split_patients(groups, _RecordingSVC.seen) == []
+
+
+def test_grouped_search_hands_groups_to_each_candidate():
+    X, y, groups = _patient_data(n_patients=40)
+    search = make_classifier("linear_svm", search="grid", cv=2, scale=False, random_state=0,
+                             param_space={"clf__estimator__C": [0.1, 1.0]})
+    search.set_params(estimator__clf__estimator=_RecordingSVC(max_iter=5000))
+    _RecordingSVC.seen = []
+    search.fit(X, y, groups=groups)
+    # 2 candidates x 2 outer folds x 3 calibration folds, then the refit's 3
+    assert len(_RecordingSVC.seen) == 15
+    assert _split_patients(groups, _RecordingSVC.seen) == []
+
+
+def test_cross_validate_grouped_calibrates_within_training_patients():
+    from cxr_embed.validation import cross_validate_grouped
+
+    X, y, groups = _patient_data(n_patients=30)
+    pipe = make_classifier("linear_svm", scale=False, random_state=0)
+    pipe.set_params(clf__estimator=_RecordingSVC(max_iter=5000))
+    _RecordingSVC.seen = []
+    res = cross_validate_grouped(pipe, X, y, groups, n_splits=3, n_bootstrap=50, random_state=0)
+    assert len(_RecordingSVC.seen) == 9 and _split_patients(groups, _RecordingSVC.seen) == []
+    assert res.oof.shape[-1] >= 1
