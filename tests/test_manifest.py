@@ -383,6 +383,44 @@ def test_folders_colliding_class_names(tmp_path):
         load_manifest(tmp_path, format="folders")
 
 
+# --------------------------------------------------------------------------- unlabelled image folder
+def test_images_format_flat_and_nested(tmp_path):
+    base = tmp_path / "to_score"
+    _png(base / "person3_a.png")
+    _png(base / "person3_b.jpg")
+    _png(base / "later" / "person9_c.png")
+    (base / "notes.txt").write_text("not an image")
+    (base / ".hidden.png").write_text("junk")
+    df = load_manifest(base)
+    assert df.attrs["format"] == "images" and df.attrs["labels"] == []
+    assert df["image_id"].tolist() == ["person3_a", "person3_b", "later/person9_c"]
+    assert (df["patient_id"] == df["image_id"]).all()
+    assert all(os.path.isabs(p) and os.path.exists(p) for p in df["path"])
+    df = load_manifest(base, format="images", patient_pattern=r"(person\d+)_")
+    assert df["patient_id"].tolist() == ["person3", "person3", "person9"]
+    with pytest.raises(ManifestError, match="matches no patient id"):
+        load_manifest(base, patient_pattern=r"(patient\d+)")
+    with pytest.raises(ManifestError, match="root= is only used by CSV formats"):
+        load_manifest(base, root=tmp_path)
+    with pytest.raises(ManifestError, match="salt= applies to format='dicom_folder' only"):
+        load_manifest(base, salt="x")
+
+
+def test_images_format_needs_images(tmp_path):
+    (tmp_path / "x.txt").write_text("nothing")
+    with pytest.raises(ManifestError, match="format 'images' expects image files"):
+        load_manifest(tmp_path, format="images")
+    with pytest.raises(ManifestError, match="needs a folder"):
+        load_manifest(tmp_path / "x.txt", format="images")
+
+
+def test_one_class_subfolder_is_an_image_folder_not_classes(tmp_path):
+    _png(tmp_path / "only" / "a.png")
+    _png(tmp_path / "only" / "b.png")
+    df = load_manifest(tmp_path)
+    assert df.attrs["format"] == "images" and df["image_id"].tolist() == ["only/a", "only/b"]
+
+
 # --------------------------------------------------------------------------- DICOM folder
 def test_dicom_folder(tmp_path):
     base = tmp_path / "dicoms"

@@ -41,7 +41,7 @@ __all__ = ["load_manifest", "summarize_manifest", "FORMATS", "CHEXPERT_LABELS", 
 logger = logging.getLogger(__name__)
 
 #: Formats understood by :func:`load_manifest` (besides ``"auto"``).
-FORMATS = ("csv", "chexpert", "nih", "folders", "dicom_folder")
+FORMATS = ("csv", "chexpert", "nih", "folders", "dicom_folder", "images")
 
 #: CheXpert finding (CSV header) -> label column name.
 CHEXPERT_LABELS = {
@@ -109,11 +109,13 @@ def load_manifest(
         one subfolder per class, or a folder (searched recursively) of DICOM files.
         A folder holding ``Data_Entry_2017*.csv``, ``labels.csv`` or exactly one
         ``*.csv`` is read through that CSV.
-    format : {"auto", "csv", "chexpert", "nih", "folders", "dicom_folder"}, default "auto"
+    format : {"auto", "csv", "chexpert", "nih", "folders", "dicom_folder", "images"}, default "auto"
         ``"auto"`` recognises CSVs by their header (``Image Index`` + ``Finding Labels``
         -> nih; ``Path`` + a CheXpert finding -> chexpert; ``path`` -> csv) and folders
         by content (at least two subfolders with PNG/JPEG/TIFF/BMP files -> folders;
-        any DICOM file, recognised by content -> dicom_folder).
+        any DICOM file, recognised by content -> dicom_folder; otherwise any PNG/JPEG/TIFF/BMP
+        file in the folder or below -> images, an unlabelled table for extraction and
+        prediction).
     root : str or path-like, optional
         Folder that relative image paths of a CSV are resolved against. Defaults:
         the CSV's folder (csv, nih), the CSV's parent folder or the CSV's folder,
@@ -132,7 +134,7 @@ def load_manifest(
         the default when the CSV has no ``image_id`` column. An overridden ``image_id``
         column is kept as metadata ``source_image_id``.
     patient_pattern : str, optional
-        ``"folders"`` only: regular expression searched in each file name; its first
+        ``"folders"`` and ``"images"`` only: regular expression searched in each file name; its first
         group (or the group named ``patient``) is the patient id, e.g. ``r"(person\\d+)_"``.
         Default: every image is its own patient (``patient_id = image_id``).
     salt : str, optional
@@ -184,7 +186,7 @@ def load_manifest(
     if format == "auto":
         source, format = _detect_format(source)
         logger.info("%s: detected manifest format %r", source, format)
-    elif format in ("folders", "dicom_folder") and not source.is_dir():
+    elif format in ("folders", "dicom_folder", "images") and not source.is_dir():
         raise ManifestError(f"{source}: format {format!r} needs a folder, got a file")
     elif format in ("csv", "chexpert", "nih") and source.is_dir():
         source = _csv_in_folder(source)
@@ -193,7 +195,7 @@ def load_manifest(
 
     _reject_options(format, labels=labels, id_column=id_column, patient_pattern=patient_pattern, salt=salt)
     root_path = None if root is None else Path(os.path.abspath(os.fspath(root)))
-    if root_path is not None and format in ("folders", "dicom_folder"):
+    if root_path is not None and format in ("folders", "dicom_folder", "images"):
         raise ManifestError(f"{source}: root= is only used by CSV formats; format {format!r} reads the folder itself")
 
     if format == "csv":
@@ -204,6 +206,8 @@ def load_manifest(
         df, root_path, labels_out = _load_nih(source, root_path)
     elif format == "folders":
         df, root_path, labels_out = _load_folders(source, patient_pattern)
+    elif format == "images":
+        df, root_path, labels_out = _load_images(source, patient_pattern)
     else:
         df, root_path, labels_out = _load_dicom_folder(source, salt)
 
@@ -290,10 +294,12 @@ def _detect_format(source: Path) -> tuple[Path, str]:
             return source, "folders"
         if _first_dicom(source) is not None:
             return source, "dicom_folder"
+        if _has_raster_image(source):
+            return source, "images"
         seen = [p.name + ("/" if p.is_dir() else "") for p in sorted(source.iterdir())[:10]]
         raise ManifestError(
             f"{source}: cannot tell the format of this folder (first entries: {seen}); "
-            f"expected a CSV, at least two class subfolders with PNG/JPEG/TIFF images, or DICOM files; "
+            f"expected a CSV, PNG/JPEG/TIFF images (in class subfolders for labels), or DICOM files; "
             f"pass format= one of {', '.join(FORMATS)}")
     return source, _detect_csv_format(source)
 
@@ -338,12 +344,12 @@ def _detect_csv_format(csv: Path) -> str:
 
 
 def _reject_options(format: str, **options: Any) -> None:
-    allowed = {"csv": {"labels", "id_column"}, "folders": {"patient_pattern"},
+    allowed = {"csv": {"labels", "id_column"}, "folders": {"patient_pattern"}, "images": {"patient_pattern"},
                "dicom_folder": {"salt"}}.get(format, set())
     for name, value in options.items():
         if value is not None and name not in allowed:
             where = {"labels": "format='csv'", "id_column": "format='csv'",
-                     "patient_pattern": "format='folders'", "salt": "format='dicom_folder'"}[name]
+                     "patient_pattern": "format='folders' or 'images'", "salt": "format='dicom_folder'"}[name]
             raise ManifestError(f"{name}= applies to {where} only, but this manifest is {format!r}")
 
 
@@ -521,6 +527,50 @@ def _nih_image_index(root: Path) -> dict[str, str]:
     return index
 
 
+def _image_rows(folder: Path, files: list[Path], patient_pattern: str | None) -> list[tuple[str, str, str]]:
+    """(image_id, absolute path, patient_id) of image files under ``folder``.
+
+    The id is the path relative to ``folder`` without suffix; the patient is the first group
+    (or the group named ``patient``) of ``patient_pattern`` searched in the file name, else the id.
+    """
+    regex = None
+    if patient_pattern is not None:
+        try:
+            regex = re.compile(patient_pattern)
+        except re.error as e:
+            raise ManifestError(f"patient_pattern={patient_pattern!r} is not a valid regular expression: {e}") from e
+        if regex.groups < 1:
+            raise ManifestError(f"patient_pattern={patient_pattern!r} needs a capturing group, e.g. r'(person\\d+)_'")
+    rows, unmatched = [], []
+    for f in files:
+        image_id = _id_from_path(f.relative_to(folder).as_posix(), None)
+        pid = image_id
+        if regex is not None:
+            m = regex.search(f.name)
+            if m is None:
+                unmatched.append(f.relative_to(folder).as_posix())
+                continue
+            pid = m.group("patient") if "patient" in regex.groupindex else m.group(1)
+        rows.append((image_id, os.path.abspath(f), pid))
+    if unmatched:
+        raise ManifestError(f"{folder}: patient_pattern={patient_pattern!r} matches no patient id in "
+                            f"{len(unmatched)} file name(s), e.g. {unmatched[:10]}; widen the pattern "
+                            f"(e.g. r'(person\\d+|IM-\\d+)') or leave it out to use one patient per image")
+    return rows
+
+
+def _load_images(folder: Path, patient_pattern: str | None) -> tuple[pd.DataFrame, Path, list[str]]:
+    """An unlabelled folder (searched recursively) of PNG/JPEG/TIFF/BMP images, for extraction and prediction."""
+    files = [f for f in _walk(folder) if f.suffix.lower() in _RASTER_SUFFIXES]
+    if not files:
+        raise ManifestError(f"{folder}: format 'images' expects image files "
+                            f"({', '.join(sorted(_RASTER_SUFFIXES))}) in the folder or its subfolders; found none")
+    if patient_pattern is None:
+        logger.info("%s: no patient_pattern, so every image is its own patient", folder)
+    out = pd.DataFrame(_image_rows(folder, files, patient_pattern), columns=["image_id", "path", "patient_id"])
+    return out, folder, []
+
+
 def _load_folders(folder: Path, patient_pattern: str | None) -> tuple[pd.DataFrame, Path, list[str]]:
     class_dirs = [d for d in _subdirs(folder) if _files(d, _IMAGE_SUFFIXES)]
     if not class_dirs:
@@ -533,30 +583,8 @@ def _load_folders(folder: Path, patient_pattern: str | None) -> tuple[pd.DataFra
             raise ManifestError(f"{folder}: class folders {d.name!r} and "
                                 f"{[k for k, v in label_of.items() if v == name][0]!r} both map to label {name!r}")
         label_of[d.name] = name
-    regex = None
-    if patient_pattern is not None:
-        try:
-            regex = re.compile(patient_pattern)
-        except re.error as e:
-            raise ManifestError(f"patient_pattern={patient_pattern!r} is not a valid regular expression: {e}") from e
-        if regex.groups < 1:
-            raise ManifestError(f"patient_pattern={patient_pattern!r} needs a capturing group, e.g. r'(person\\d+)_'")
-    rows, unmatched = [], []
-    for d in class_dirs:
-        for f in _files(d, _IMAGE_SUFFIXES):
-            image_id = _id_from_path(f.relative_to(folder).as_posix(), None)
-            pid = image_id
-            if regex is not None:
-                m = regex.search(f.name)
-                if m is None:
-                    unmatched.append(f.relative_to(folder).as_posix())
-                    continue
-                pid = m.group("patient") if "patient" in regex.groupindex else m.group(1)
-            rows.append((image_id, os.path.abspath(f), pid, d.name))
-    if unmatched:
-        raise ManifestError(f"{folder}: patient_pattern={patient_pattern!r} matches no patient id in "
-                            f"{len(unmatched)} file name(s), e.g. {unmatched[:10]}; widen the pattern "
-                            f"(e.g. r'(person\\d+|IM-\\d+)') or leave it out to use one patient per image")
+    files = [(f, d.name) for d in class_dirs for f in _files(d, _IMAGE_SUFFIXES)]
+    rows = [(*r, cls) for r, (_, cls) in zip(_image_rows(folder, [f for f, _ in files], patient_pattern), files)]
     out = pd.DataFrame(rows, columns=["image_id", "path", "patient_id", "label"])
     labels = list(label_of.values())
     for cls, name in label_of.items():
