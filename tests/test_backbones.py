@@ -21,6 +21,7 @@ from cxr_embed.backbones import (
     GeneralizedMeanPooling2D,
     ImagePreprocessing,
     _REGISTRY,
+    _clone_for_compute,
     list_backbones,
 )
 from cxr_embed.exceptions import BackboneError, WeightsError
@@ -51,6 +52,13 @@ def _check_family(name):
     assert a.shape == (3, spec.dim) and a.dtype == np.float32 and np.isfinite(a).all()
     np.testing.assert_array_equal(a, b)  # same bits
     assert not np.array_equal(a[0], a[1])  # different images, different embeddings
+    # the mixed-precision copy that embed uses on a GPU ("auto") rebuilds for every family
+    mixed = _clone_for_compute(bb.model, "mixed_bfloat16", None)
+    m = np.asarray(mixed(x[:2]), np.float32)
+    assert m.shape == (2, spec.dim) and np.isfinite(m).all()
+    assert any(l.compute_dtype == "bfloat16" for l in mixed.layers)
+    assert mixed.layers[-1].compute_dtype == "float32"  # pooling stays float32
+    assert [l.name for l in mixed.layers] == [l.name for l in bb.model.layers]
 
 
 @pytest.mark.parametrize("name", FAST)
