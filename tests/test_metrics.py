@@ -14,6 +14,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from cxr_embed import metrics as M
+from cxr_embed.metrics import _bootstrap as MB
 from cxr_embed.metrics import (
     METRICS_COLUMNS,
     age_bands,
@@ -80,9 +81,9 @@ def test_bootstrap_weighted_auc_equals_sklearn_sample_weight():
     groups = np.repeat(np.arange(40), 3)
     y = np.repeat(rng.integers(0, 2, 40), 3)
     s = np.round(y + rng.normal(0, 1, 120), 1)
-    gidx, G = M._group_index(groups, 120)
-    counts = next(M._bootstrap_counts(seed=7, n_bootstrap=25, n_groups=G))
-    got = M._WeightedAUC(y, s)(counts[:, gidx])
+    gidx, G = MB._group_index(groups, 120)
+    counts = next(MB._bootstrap_counts(seed=7, n_bootstrap=25, n_groups=G))
+    got = MB._WeightedAUC(y, s)(counts[:, gidx])
     for b in range(25):
         w = counts[b, gidx]
         keep = w > 0
