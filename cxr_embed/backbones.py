@@ -511,10 +511,11 @@ class Backbone:
         Where converted EfficientNet-Lite weights are cached (default ``$CXR_EMBED_CACHE``
         or ``~/.cache/cxr_embed``).
     precision : {"auto", "float32", "mixed_float16", "mixed_bfloat16"}
-        Arithmetic of :meth:`embed`: ``"auto"`` is mixed float16 when a GPU is visible (about
-        twice the speed on tensor cores), float32 otherwise. Mixed policies keep float32
-        weights and compute convolutions in 16 bits (embeddings within about 1e-3 relative of
-        float32, cosine > 0.9999 for EfficientNet-Lite0). Like the GPU's TF32 and XLA, this is
+        Arithmetic of :meth:`embed`: ``"auto"`` is mixed float16 when a GPU is visible (tensor
+        cores run 16-bit convolutions faster than float32), float32 otherwise. Mixed policies
+        keep float32 weights and compute convolutions in 16 bits (measured on CPU for
+        EfficientNet-Lite0: within 3e-3 of float32 relative to the largest value, cosine
+        > 0.9999). Like the GPU's TF32 and XLA, this is
         how the function is computed, not which function: it is not part of the
         :attr:`fingerprint`, and :attr:`compute` records it in the store.
     distribute : "auto", "none", None or tf.distribute.Strategy

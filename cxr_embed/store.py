@@ -129,6 +129,20 @@ def _as_identity(backbone_or_fingerprint) -> tuple[str, str | None, int | None]:
     return fp, (stable_json(config) if config is not None else None), (int(dim) if dim is not None else None)
 
 
+# Config entries that describe where a backbone came from, not which function it is: a Keras
+# upgrade or a moved weights file keeps the fingerprint (architecture and weight *content*), so
+# they must not lock a store. They stay recorded in the group's config.
+_PROVENANCE_KEYS = ("keras_version", "weights")
+
+
+def _identity_config(config) -> str:
+    """Canonical JSON of a backbone config without its provenance keys (``_PROVENANCE_KEYS``)."""
+    value = json.loads(config) if isinstance(config, (str, bytes)) else config
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k not in _PROVENANCE_KEYS}
+    return stable_json(value)
+
+
 def _compute_list(attrs) -> list[dict]:
     """The ``compute`` provenance of a group or journal batch: a list of dicts (possibly empty)."""
     raw = attrs.get("compute")
@@ -246,7 +260,7 @@ class EmbeddingStore:
                 f"{path}: group for fingerprint {fingerprint!r} holds embeddings stamped with fingerprint "
                 f"{stored_fp!r}; the store is inconsistent, refusing to mix them; fix: extract into a new store"
             )
-        if config is not None and stable_json(json.loads(attrs.get("config", "null"))) != config:
+        if config is not None and _identity_config(attrs.get("config", "null")) != _identity_config(config):
             raise FingerprintMismatchError(
                 f"{path}: group {fingerprint!r} was written by a backbone whose config differs from the one asked "
                 f"for (stored {attrs.get('config')!r}, asked {config!r}); refusing to mix them; "

@@ -372,3 +372,29 @@ def test_chunked_selective_read(bb, tmp_path):
     got_ids, got = store.load(bb, ask)
     assert got_ids.tolist() == ask
     assert got.tobytes() == rows_[[25, 3, 3, 19, 20]].tobytes()
+
+
+def test_provenance_keys_of_the_config_do_not_lock_the_store(bb, tmp_path):
+    """Upgrading Keras or moving the weights file keeps the same function (same fingerprint:
+    architecture and weight *content*): the store stays readable and resumable. Identity keys
+    of the config still refuse."""
+    store = EmbeddingStore(tmp_path / "s.h5")
+    with store.writer(bb) as w:
+        w.append(["a"], rows(["id1"], bb.dim))
+
+    class Moved:
+        fingerprint = bb.fingerprint
+        dim = bb.dim
+        config = {**bb.config, "keras_version": "99.0.0", "weights": "/somewhere/else/model.keras"}
+
+    ids, X = store.load(Moved(), ["a"])
+    assert ids.tolist() == ["a"] and X.tobytes() == store.load(bb, ["a"])[1].tobytes()
+    with store.writer(Moved()) as w:  # resuming after the upgrade appends to the same group
+        w.append(["b"], rows(["id2"], bb.dim))
+    assert store.ids(bb).tolist() == ["a", "b"]
+
+    class Other(Moved):
+        config = {**bb.config, "pooling": "max" if bb.config.get("pooling") != "max" else "avg"}
+
+    with pytest.raises(FingerprintMismatchError, match="config differs"):
+        store.load(Other(), ["a"])
