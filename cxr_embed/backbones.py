@@ -122,7 +122,7 @@ class GeneralizedMeanPooling2D(_kl.Layer):
     --------
     >>> import numpy as np
     >>> x = np.ones((2, 4, 4, 8), np.float32)
-    >>> GeneralizedMeanPooling2D()(x).shape
+    >>> tuple(GeneralizedMeanPooling2D()(x).shape)
     (2, 8)
     """
 
