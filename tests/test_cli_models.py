@@ -98,3 +98,29 @@ def test_fingerprint_choice_and_errors(tiny, capsys):
     assert rc == 2 and "differs from the model" in capsys.readouterr().err
     meta = json.loads((tmp / "b" / "bundle.json").read_text())
     assert meta["backbone_fingerprint"] == "fp_other_2"
+
+
+def test_score_an_unlabelled_image_folder_end_to_end(tmp_path, capsys):
+    """The everyday use: fit on a labelled site, then extract and predict a folder of new PNGs."""
+    from test_extraction import tiny_model_file, write_pngs
+
+    model = tiny_model_file(tmp_path)
+    train = write_pngs(tmp_path / "train", 30, seed=1)
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"path": train, "patient_id": [f"p{i // 2}" for i in range(30)],
+                  "finding": rng.integers(0, 2, 30).astype(float)}).to_csv(tmp_path / "train.csv", index=False)
+    new = tmp_path / "to_score"
+    write_pngs(new / "batch1", 4, seed=2)
+    write_pngs(new / "batch2", 3, seed=3)
+    store = tmp_path / "emb.h5"
+    common = ["--backbone", str(model), "--store", str(store), "--workers", "0", "--no-progress"]
+    assert main(["extract", "--manifest", str(tmp_path / "train.csv"), *common]) == 0
+    assert main(["fit", "--store", str(store), "--manifest", str(tmp_path / "train.csv"), "--labels", "finding",
+                 "--classifier", "logreg", "--cv", "3", "--n-bootstrap", "50", "--out", str(tmp_path / "b")]) == 0
+    assert main(["extract", "--manifest", str(new), *common]) == 0  # a plain folder: format "images"
+    capsys.readouterr()
+    assert main(["predict", "--model", str(tmp_path / "b"), "--store", str(store), "--manifest", str(new),
+                 "--out", str(tmp_path / "pred.csv")]) == 0
+    pred = pd.read_csv(tmp_path / "pred.csv")
+    assert len(pred) == 7 and pred["image_id"].str.startswith(("batch1/", "batch2/")).all()
+    assert pred["finding"].between(0, 1).all()
