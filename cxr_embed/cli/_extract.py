@@ -65,12 +65,12 @@ def _backbone(args):
 
     if args.backbone.endswith((".keras", ".h5")) or os.path.isfile(args.backbone):
         return cxr_embed.Backbone.from_keras(args.backbone, layer=args.layer, preprocess=args.preprocess,
-                                             pooling=args.pooling, precision=getattr(args, "precision", "auto"))
+                                             pooling=args.pooling, precision=args.precision)
     weights: Any = "imagenet" if args.weights is None else args.weights
     if isinstance(weights, str) and weights.lower() == "none":
         weights = None
     return cxr_embed.Backbone(args.backbone, weights=weights, layer=args.layer, pooling=args.pooling,
-                              precision=getattr(args, "precision", "auto"))
+                              precision=args.precision)
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
