@@ -420,20 +420,18 @@ def _gpu_names() -> list[str]:
 
 
 def _resolve_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise BackboneError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    """The arithmetic for a validated ``precision`` argument ("auto" looks for a GPU)."""
     if precision == "auto":
         return "mixed_float16" if _gpu_names() else "float32"
     return precision
 
 
 def _resolve_strategy(distribute):
-    """None (one device) or a ``tf.distribute.Strategy``; "auto" mirrors over every visible GPU."""
+    """None (one device) or a ``tf.distribute.Strategy`` for a validated ``distribute`` argument;
+    "auto" mirrors over every visible GPU."""
     if distribute is None or (isinstance(distribute, str) and distribute == "none"):
         return None
-    if isinstance(distribute, str):
-        if distribute != "auto":
-            raise BackboneError(f"distribute must be 'auto', 'none', None or a tf.distribute.Strategy, got {distribute!r}")
+    if isinstance(distribute, str):  # "auto"
         if not _AUTO_STRATEGY:
             gpus = _gpu_names()
             if len(gpus) > 1:
@@ -444,8 +442,6 @@ def _resolve_strategy(distribute):
             else:
                 _AUTO_STRATEGY.append(None)
         return _AUTO_STRATEGY[0]
-    if not hasattr(distribute, "run") or not hasattr(distribute, "num_replicas_in_sync"):
-        raise BackboneError(f"distribute must be 'auto', 'none', None or a tf.distribute.Strategy, got {type(distribute).__name__}")
     return distribute
 
 
@@ -610,7 +606,7 @@ class Backbone:
         if precision not in PRECISIONS:
             raise BackboneError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if not (distribute is None or isinstance(distribute, str) and distribute in ("auto", "none")
-                or hasattr(distribute, "num_replicas_in_sync")):
+                or hasattr(distribute, "run") and hasattr(distribute, "num_replicas_in_sync")):
             raise BackboneError(f"distribute must be 'auto', 'none', None or a tf.distribute.Strategy, got {distribute!r}")
         self._precision_arg = precision
         self._distribute_arg = distribute

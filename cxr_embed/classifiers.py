@@ -313,9 +313,7 @@ class GroupedPipeline(Pipeline):
         -------
         self
         """
-        name, last = self.steps[-1]
-        if groups is not None and last not in (None, "passthrough") and _accepts_groups(last):
-            params[f"{name}__groups"] = groups
+        params.update(_inner_groups_kwargs(self, groups))
         return super().fit(X, y, **params)
 
 
@@ -343,8 +341,10 @@ def _weight_kwargs(est: Any, sample_weight: Any) -> dict:
 
 
 def _inner_groups_kwargs(est: Any, groups: Any) -> dict:
-    """Fit parameters that hand ``groups`` to a search candidate's last step (GridSearchCV keeps
-    its own ``groups`` for the splitter and slices these per training fold)."""
+    """``{"<last step>__groups": groups}`` when a pipeline's last step takes ``groups``, else ``{}``.
+
+    Used by :meth:`GroupedPipeline.fit` and by :class:`GroupedSearchCV`, whose GridSearchCV keeps
+    its own ``groups`` for the splitter and slices these per training fold."""
     if groups is None or not isinstance(est, Pipeline):
         return {}
     name, last = est.steps[-1]
