@@ -261,7 +261,7 @@ def main(argv=None) -> None:
     import tensorflow as tf
 
     import cxr_embed
-    from cxr_embed.extraction import default_workers
+    from cxr_embed.embed.extraction import default_workers
 
     out: dict = {
         "input_size": args.input_size, "image_size": args.image_size, "n": args.n,

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         return 0
 
     import cxr_embed
-    from cxr_embed.finetuning import finetune
+    from cxr_embed.transfer.finetuning import finetune
 
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# the tiny-backbone builders of embed/test_extraction.py are shared by the store and CLI tests
+sys.path.insert(0, str(Path(__file__).resolve().parent / "embed"))
 SHARED_DATA = Path(os.environ.get("CXR_EMBED_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 

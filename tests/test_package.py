@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import cxr_embed
-from cxr_embed.preprocessing import prepare_image, preprocessing_config
+from cxr_embed.io.preprocessing import prepare_image, preprocessing_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +97,7 @@ def test_preprocessing_config_is_json_and_distinguishes_modes():
 
 @pytest.mark.parametrize("mode", ["pad", "resize", "crop"])
 def test_restore_map_inverts_prepare_geometry(mode):
-    from cxr_embed.preprocessing import restore_map
+    from cxr_embed.io.preprocessing import restore_map
 
     img = np.zeros((120, 80), np.float32)
     img[30:50, 20:40] = 1.0  # a bright square

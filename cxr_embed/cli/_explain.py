@@ -1,6 +1,6 @@
 """``cxr-embed explain``: saliency maps for a fine-tuned CNN or a saved classifier bundle.
 
-``--model`` is either a ``.keras`` file written by :func:`cxr_embed.finetuning` (a CNN with its own
+``--model`` is either a ``.keras`` file written by :func:`cxr_embed.transfer.finetuning` (a CNN with its own
 sigmoid head; its ``<stem>.finetune.json`` sidecar, when present, names the labels and the resize
 mode) or a model bundle directory written by :func:`cxr_embed.save_model` / ``cxr-embed fit``. A
 bundle holds only the classifier, so the backbone whose embeddings it was fitted on is rebuilt:
@@ -36,11 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     >>> args.method, args.limit, args.h5
     ('gradcam', None, True)
     """
-    from cxr_embed.saliency import METHODS
+    from cxr_embed.saliency.maps import METHODS
 
     p = subparsers.add_parser(
         "explain", help="saliency maps (overlay PNGs, saliency.h5, a CSV table) for a model",
-        description="Explain a fine-tuned CNN (.keras file from cxr_embed.finetuning) or a model bundle "
+        description="Explain a fine-tuned CNN (.keras file from cxr_embed.transfer.finetuning) or a model bundle "
                     "(cxr-embed fit) on one image or every image of a manifest: one overlay PNG per image, "
                     "all maps in saliency.h5 and a table explanations.csv (image_id, path, overlay, score, "
                     "error). For a bundle the backbone is rebuilt from --backbone options or from the "
@@ -93,7 +93,7 @@ def _load_keras(path: Path) -> tuple[Any, dict]:
     import keras
 
     import cxr_embed
-    import cxr_embed.backbones  # noqa: F401 - registers the library's serialisable layers
+    import cxr_embed.embed.backbones  # noqa: F401 - registers the library's serialisable layers
 
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
@@ -217,7 +217,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     import pandas as pd
 
     import cxr_embed
-    from cxr_embed.saliency import explain_manifest
+    from cxr_embed.saliency.maps import explain_manifest
 
     model_path = Path(args.model)
     kwargs: dict = {}

@@ -173,8 +173,8 @@ def _print_table(df: Any) -> None:
 # --------------------------------------------------------------------------- commands
 def _cmd_fit(args: argparse.Namespace) -> int:
     import cxr_embed
-    from cxr_embed.classifiers import MultiLabelClassifier, make_classifier
-    from cxr_embed.labels import normalize_policy
+    from cxr_embed.learn.classifiers import MultiLabelClassifier, make_classifier
+    from cxr_embed.learn.labels import normalize_policy
 
     wanted = None if args.labels is None else [s.strip() for s in args.labels.split(",") if s.strip()]
     try:
@@ -227,7 +227,7 @@ def _cross_validate_and_fit(args: argparse.Namespace, estimator: Any, X: Any, Y:
 
 
 def _subgroups(manifest: Any, spec: str) -> dict:
-    from cxr_embed.metrics import age_bands
+    from cxr_embed.evaluate.metrics import age_bands
 
     if spec.strip().lower() == "none":
         return {}

@@ -1,0 +1,1 @@
+"""Predictions -> statistics and pages: metrics with confidence intervals (:mod:`.metrics`), reports."""
