@@ -14,11 +14,10 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,8 +26,9 @@ from numpy.typing import ArrayLike
 from ..exceptions import LeakageError, ManifestError
 from ._audit_map import MAP_METHODS, embedding_map, plot_map
 from ._audit_reid import reidentification
-from .metrics import age_bands, roc_auc_ci, subgroup_auc
-from .metrics._bootstrap import _bootstrap_auc_samples, _bootstrap_counts, _group_index, _percentile_ci, _seed_from
+from ._audit_stats import _SHORTCUT_COLUMNS, _encoded_table, _fmt, _shortcuts
+from .metrics import age_bands, subgroup_auc
+from .metrics._bootstrap import _seed_from
 
 __all__ = ["EmbeddingAudit", "audit_embeddings", "AUTO_ATTRIBUTES"]
 
@@ -210,13 +210,6 @@ def _is_numeric(name: str, values: pd.Series) -> bool:
     return bool(num.notna().sum() == values.notna().sum() and num.nunique() > 10)
 
 
-def _pool(levels: np.ndarray, min_count: int) -> np.ndarray:
-    """Levels seen fewer than ``min_count`` times replaced by 'other'."""
-    values, counts = np.unique(levels, return_counts=True)
-    rare = values[counts < min_count]
-    return np.where(np.isin(levels, rare), "other", levels) if rare.size else levels
-
-
 def _levels(values: pd.Series, min_count: int) -> pd.Series:
     """Categorical values as str, NaN kept, levels seen fewer than ``min_count`` times pooled as 'other'."""
     s = values.astype(object).where(values.notna(), None)
@@ -301,151 +294,6 @@ def _oof_estimator(estimator: Any, X: np.ndarray, y: np.ndarray, groups: np.ndar
         else:
             s[te] = np.asarray(est.decision_function(X[te]), dtype=float).ravel()
     return s
-
-
-def _attribute_scores(codes: list[np.ndarray], y: np.ndarray) -> np.ndarray:
-    """P(label) from categorical codes alone, fitted on every labelled image: the level's positive
-    rate (one code array) or a logistic regression on their one-hot encoding (several).
-
-    In-sample on purpose: a handful of levels cannot overfit hundreds of images, while
-    out-of-fold rates differ slightly between folds and break the ties within a level at
-    random, which pulls the AUC of a binary attribute towards 0.5 (NIH view: 0.585 out of
-    fold against 0.610, the AUC of the AP/PA split itself).
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import OneHotEncoder
-
-    C = np.column_stack(codes).astype(str)
-    lab = np.isfinite(y)
-    if C.shape[1] == 1:
-        rates = pd.Series(y[lab]).groupby(C[lab, 0]).mean()
-        return pd.Series(C[:, 0]).map(rates).fillna(float(y[lab].mean())).to_numpy(float)
-    enc = OneHotEncoder(handle_unknown="ignore").fit(C[lab])
-    model = LogisticRegression(C=1.0, max_iter=1000).fit(enc.transform(C[lab]), y[lab].astype(int))
-    return model.predict_proba(enc.transform(C))[:, 1]
-
-
-# --------------------------------------------------------------------------- statistics
-def _auc_row(y, s, g, n_bootstrap, ci, seed) -> dict:
-    r = roc_auc_ci(y, s, groups=g, n_bootstrap=n_bootstrap, ci=ci, random_state=seed)
-    return {"value": r.auc, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n, "n_groups": r.n_groups}
-
-
-def _macro_auc_ci(Y1: np.ndarray, S: np.ndarray, g, n_bootstrap, ci, seed) -> tuple[float, float, float]:
-    """Mean one-vs-rest AUC and its CI from the same patient resamples for every level."""
-    from sklearn.metrics import roc_auc_score
-
-    gidx, n_groups = _group_index(g, len(g))
-    point = float(np.mean([roc_auc_score(Y1[:, k], S[:, k]) for k in range(Y1.shape[1])]))
-    if not n_bootstrap:
-        return point, math.nan, math.nan
-    samples = np.vstack([_bootstrap_auc_samples(Y1[:, k].astype(np.int8), S[:, k], gidx, n_groups,
-                                                int(n_bootstrap), seed) for k in range(Y1.shape[1])])
-    with np.errstate(all="ignore"):
-        lo, hi = _percentile_ci(np.nanmean(samples, axis=0), ci)
-    return point, lo, hi
-
-
-def _regression_ci(y, p, g, n_bootstrap, ci, seed) -> dict:
-    """R² and MAE with patient-bootstrap CIs."""
-    gidx, n_groups = _group_index(g, len(g))
-    def stats(w):
-        mu = (w @ y) / w.sum(axis=1)
-        ss_res = w @ (y - p) ** 2
-        ss_tot = np.sum(w * (y[None, :] - mu[:, None]) ** 2, axis=1)
-        return 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, np.nan), (w @ np.abs(y - p)) / w.sum(axis=1)
-    r2, mae = stats(np.ones((1, len(y))))
-    out = {"r2": [float(r2[0]), math.nan, math.nan], "mae": [float(mae[0]), math.nan, math.nan]}
-    if n_bootstrap:
-        parts = [stats(counts[:, gidx]) for counts in _bootstrap_counts(seed, int(n_bootstrap), n_groups)]
-        out["r2"][1:] = _percentile_ci(np.concatenate([a for a, _ in parts]), ci)
-        out["mae"][1:] = _percentile_ci(np.concatenate([b for _, b in parts]), ci)
-    return out
-
-
-def _within_strata_auc(y, s, strata, g, n_bootstrap, ci, seed) -> tuple[float, float, float]:
-    """AUC over positive-negative pairs of the same stratum only (pair-weighted), with a patient-bootstrap CI."""
-    from .metrics._bootstrap import _WeightedAUC
-
-    gidx, n_groups = _group_index(g, len(g))
-    parts = []
-    for level in np.unique(strata):
-        m = strata == level
-        if 0 < y[m].sum() < m.sum():
-            parts.append((m, _WeightedAUC(y[m].astype(np.int8), s[m])))
-    if not parts:
-        return math.nan, math.nan, math.nan
-
-    def pooled(W):
-        num = den = 0.0
-        for m, auc in parts:
-            w = W[:, m]
-            pairs = (w @ (y[m] == 1)) * (w @ (y[m] == 0))
-            a = auc(w)
-            num = num + np.where(pairs > 0, np.nan_to_num(a) * pairs, 0.0)
-            den = den + pairs
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-
-    point = float(pooled(np.ones((1, len(y))))[0])
-    if not n_bootstrap:
-        return point, math.nan, math.nan
-    samples = np.concatenate([pooled(c[:, gidx]) for c in _bootstrap_counts(seed, int(n_bootstrap), n_groups)])
-    lo, hi = _percentile_ci(samples, ci)
-    return point, lo, hi
-
-
-def _plain_auc(t: np.ndarray, s: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    t = np.asarray(t, dtype=float)
-    ok = np.isfinite(t)
-    return float(roc_auc_score(t[ok], s[ok])) if 0 < t[ok].sum() < ok.sum() else math.nan
-
-
-_SHORTCUT_COLUMNS = ["attribute", "label_auc", "label_ci_low", "label_ci_high", "encoded_metric", "encoded_value",
-                     "encoded_ci_low", "classifier_auc", "classifier_ci_low", "classifier_ci_high",
-                     "within_strata_auc", "within_ci_low", "within_ci_high", "flag"]
-
-
-def _shortcuts(y, score, g, strata, decisive, label_name, *, n_bootstrap, ci, seed, margin, min_count):
-    """Shortcut table and its flags: each attribute alone (and all together) against the embeddings' classifier."""
-    lab = np.isfinite(y)
-    yl, sl, gl = y[lab].astype(int), score[lab], g[lab]
-    overall = roc_auc_ci(yl, sl, groups=gl, n_bootstrap=n_bootstrap, ci=ci, random_state=seed)
-    clf = {"classifier_auc": overall.auc, "classifier_ci_low": overall.ci_low, "classifier_ci_high": overall.ci_high}
-    rows, flags = [], []
-    for i, (name, levels) in enumerate(strata.items()):
-        alone = _attribute_scores([_pool(levels, min_count)], y)[lab]
-        r = roc_auc_ci(yl, alone, groups=gl, n_bootstrap=n_bootstrap, ci=ci, random_state=seed + 7 * i + 1)
-        w = _within_strata_auc(yl, sl, levels[lab], gl, n_bootstrap, ci, seed + 7 * i + 2)
-        enc = decisive.loc[name]
-        predicts = bool(np.isfinite(r.ci_low) and r.ci_low > 0.5 + margin)
-        flag = predicts and bool(enc["encoded"])
-        rows.append({"attribute": name, "label_auc": r.auc, "label_ci_low": r.ci_low, "label_ci_high": r.ci_high,
-                     "encoded_metric": enc["metric"], "encoded_value": enc["value"], "encoded_ci_low": enc["ci_low"],
-                     **clf, "within_strata_auc": w[0], "within_ci_low": w[1], "within_ci_high": w[2],
-                     "flag": flag})
-        if flag:
-            metric = "R²" if enc["metric"] == "r2" else "AUC"
-            flags.append(
-                f"Shortcut risk: {name} predicts {label_name!r} on its own (AUC {_fmt(r.auc)}, {ci:.0%} CI "
-                f"{_fmt(r.ci_low)}-{_fmt(r.ci_high)}) and the embeddings encode {name} ({metric} {enc['value']:.3f}, "
-                f"CI lower bound {enc['ci_low']:.3f}); a classifier on these embeddings can score by reading {name} "
-                f"instead of the finding. Its AUC within {name} strata is {_fmt(w[0])} against {_fmt(overall.auc)} "
-                f"overall; validate where {name} is not tied to the label.")
-    if strata:
-        alone = _attribute_scores([_pool(v, min_count) for v in strata.values()], y)[lab]
-        r = roc_auc_ci(yl, alone, groups=gl, n_bootstrap=n_bootstrap, ci=ci, random_state=seed + 3)
-        rows.append({"attribute": "all attributes", "label_auc": r.auc, "label_ci_low": r.ci_low,
-                     "label_ci_high": r.ci_high, "encoded_metric": "", "encoded_value": math.nan,
-                     "encoded_ci_low": math.nan, **clf, "within_strata_auc": math.nan, "within_ci_low": math.nan,
-                     "within_ci_high": math.nan, "flag": False})
-    return pd.DataFrame(rows, columns=_SHORTCUT_COLUMNS), flags
-
-
-def _fmt(v: float) -> str:
-    return "nan" if not np.isfinite(v) else f"{v:.2f}"
 
 
 def _strata(name: str, values: pd.Series, age_edges: Sequence[float]) -> np.ndarray:
@@ -586,7 +434,7 @@ def audit_embeddings(
     rng = np.random.default_rng(seed)
 
     # ---- targets of the probe: attributes, their shuffled copies, the label
-    cols, meta = [], []
+    cols = []
     specs = {}
     for name in names:
         values = manifest[name]
@@ -626,50 +474,8 @@ def audit_embeddings(
     P = _oof_ridge(X, np.column_stack(cols), folds, alpha) if cols else np.empty((n, 0))
 
     # ---- encoded attributes
-    rows = []
-    for i, (name, spec) in enumerate(specs.items()):
-        s_seed = seed + 101 * i
-        T = np.column_stack([cols[j] for j in spec["cols"]])
-        S, Sh = P[:, spec["cols"]], P[:, spec["shuffled"]]
-        T_sh = np.column_stack([cols[j] for j in spec["shuffled"]])
-        obs = np.isfinite(T[:, 0])
-        base = {"attribute": name, "kind": spec["kind"], "n": int(obs.sum()), "n_groups": len(np.unique(g[obs]))}
-        if spec["kind"] == "numeric":
-            t, p = T[obs, 0], S[obs, 0]
-            reg = _regression_ci(t, p, g[obs], n_bootstrap, ci, s_seed)
-            sh = _regression_ci(T_sh[obs, 0], Sh[obs, 0], g[obs], 0, ci, s_seed)
-            mean_pred = np.empty(n)
-            for tr, te in folds:
-                mean_pred[te] = np.nanmean(T[tr, 0])
-            chance_mae = float(np.mean(np.abs(t - mean_pred[obs])))
-            r2_low = reg["r2"][1]
-            rows.append({**base, "metric": "r2", "level": "", "value": reg["r2"][0], "ci_low": r2_low,
-                         "ci_high": reg["r2"][2], "chance": 0.0, "shuffled": sh["r2"][0],
-                         "encoded": bool(np.isfinite(r2_low) and r2_low > encoded_r2)})
-            rows.append({**base, "metric": "mae", "level": "", "value": reg["mae"][0], "ci_low": reg["mae"][1],
-                         "ci_high": reg["mae"][2], "chance": chance_mae, "shuffled": sh["mae"][0], "encoded": None})
-            continue
-        T1, S1, Sh1 = T[obs].astype(int), S[obs], Sh[obs]
-        per_level = []
-        for k, level in enumerate(spec["levels"]):
-            if 0 < T1[:, k].sum() < T1.shape[0]:
-                r = _auc_row(T1[:, k], S1[:, k], g[obs], n_bootstrap, ci, s_seed)
-                sh_auc = _plain_auc(T_sh[obs, k], Sh1[:, k])
-                per_level.append({**base, **r, "metric": "auc_ovr" if spec["kind"] == "categorical" else "auc",
-                                  "level": level, "chance": 0.5, "shuffled": sh_auc, "encoded": None})
-        if spec["kind"] == "binary":
-            row = per_level[0]
-            row["encoded"] = bool(np.isfinite(row["ci_low"]) and row["ci_low"] > encoded_auc)
-            rows.append(row)
-            continue
-        value, lo, hi = _macro_auc_ci(T1, S1, g[obs], n_bootstrap, ci, s_seed)
-        sh_macro = float(np.nanmean([_plain_auc(T_sh[obs, k], Sh1[:, k]) for k in range(T1.shape[1])]))
-        rows.append({**base, "metric": "auc_macro", "level": "", "value": value, "ci_low": lo, "ci_high": hi,
-                     "chance": 0.5, "shuffled": sh_macro, "encoded": bool(np.isfinite(lo) and lo > encoded_auc)})
-        rows += per_level
-    enc_cols = ["attribute", "kind", "metric", "level", "value", "ci_low", "ci_high", "chance", "shuffled",
-                "n", "n_groups", "encoded"]
-    encoded = pd.DataFrame(rows, columns=enc_cols)
+    encoded = _encoded_table(specs, cols, P, g, folds, n_bootstrap=n_bootstrap, ci=ci, seed=seed,
+                             encoded_auc=encoded_auc, encoded_r2=encoded_r2)
     decisive = encoded[encoded["encoded"].notna()].set_index("attribute")
 
     # ---- the label: scores, shortcuts, subgroups
