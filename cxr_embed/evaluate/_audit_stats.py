@@ -57,19 +57,25 @@ def _auc_row(y, s, g, n_bootstrap, ci, seed) -> dict:
     return {"value": r.auc, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n, "n_groups": r.n_groups}
 
 
-def _macro_auc_ci(Y1: np.ndarray, S: np.ndarray, g, n_bootstrap, ci, seed) -> tuple[float, float, float]:
-    """Mean one-vs-rest AUC and its CI from the same patient resamples for every level."""
-    from sklearn.metrics import roc_auc_score
+def _ovr_auc_ci(Y1: np.ndarray, S: np.ndarray, g, n_bootstrap, ci, seed) -> tuple[list, tuple]:
+    """One-vs-rest AUC per level and their mean, each with a CI from the same patient resamples.
 
+    Each level's interval equals ``roc_auc_ci(..., random_state=seed)``; the mean's interval is
+    the percentile interval of the per-resample means.
+    """
     gidx, n_groups = _group_index(g, len(g))
-    point = float(np.mean([roc_auc_score(Y1[:, k], S[:, k]) for k in range(Y1.shape[1])]))
-    if not n_bootstrap:
-        return point, math.nan, math.nan
-    samples = np.vstack([_bootstrap_auc_samples(Y1[:, k].astype(np.int8), S[:, k], gidx, n_groups,
-                                                int(n_bootstrap), seed) for k in range(Y1.shape[1])])
+    per_level, samples = [], []
+    for k in range(Y1.shape[1]):
+        y = Y1[:, k].astype(np.int8)
+        point = float(_WeightedAUC(y, S[:, k])(np.ones((1, y.size)))[0])
+        boot = (_bootstrap_auc_samples(y, S[:, k], gidx, n_groups, int(n_bootstrap), seed) if n_bootstrap
+                else np.full(1, math.nan))
+        samples.append(boot)
+        per_level.append((point, *(_percentile_ci(boot, ci) if n_bootstrap else (math.nan, math.nan))))
+    macro = float(np.mean([p[0] for p in per_level]))
     with np.errstate(all="ignore"):
-        lo, hi = _percentile_ci(np.nanmean(samples, axis=0), ci)
-    return point, lo, hi
+        lo, hi = _percentile_ci(np.nanmean(np.vstack(samples), axis=0), ci) if n_bootstrap else (math.nan, math.nan)
+    return per_level, (macro, lo, hi)
 
 
 def _regression_ci(y, p, g, n_bootstrap, ci, seed) -> dict:
@@ -200,23 +206,20 @@ def _encoded_table(specs: dict, cols: list, P: np.ndarray, g: np.ndarray, folds:
                          "ci_high": reg["mae"][2], "chance": chance_mae, "shuffled": sh["mae"][0], "encoded": None})
             continue
         T1, S1, Sh1 = T[obs].astype(int), S[obs], Sh[obs]
-        per_level = []
-        for k, level in enumerate(spec["levels"]):
-            if 0 < T1[:, k].sum() < T1.shape[0]:
-                r = _auc_row(T1[:, k], S1[:, k], g[obs], n_bootstrap, ci, s_seed)
-                sh_auc = _plain_auc(T_sh[obs, k], Sh1[:, k])
-                per_level.append({**base, **r, "metric": "auc_ovr" if spec["kind"] == "categorical" else "auc",
-                                  "level": level, "chance": 0.5, "shuffled": sh_auc, "encoded": None})
         if spec["kind"] == "binary":
-            row = per_level[0]
-            row["encoded"] = bool(np.isfinite(row["ci_low"]) and row["ci_low"] > encoded_auc)
-            rows.append(row)
+            r = _auc_row(T1[:, 0], S1[:, 0], g[obs], n_bootstrap, ci, s_seed)
+            rows.append({**base, **r, "metric": "auc", "level": spec["levels"][0], "chance": 0.5,
+                         "shuffled": _plain_auc(T_sh[obs, 0], Sh1[:, 0]),
+                         "encoded": bool(np.isfinite(r["ci_low"]) and r["ci_low"] > encoded_auc)})
             continue
-        value, lo, hi = _macro_auc_ci(T1, S1, g[obs], n_bootstrap, ci, s_seed)
-        sh_macro = float(np.nanmean([_plain_auc(T_sh[obs, k], Sh1[:, k]) for k in range(T1.shape[1])]))
+        per_level, (value, lo, hi) = _ovr_auc_ci(T1, S1, g[obs], n_bootstrap, ci, s_seed)
+        shuffled = [_plain_auc(T_sh[obs, k], Sh1[:, k]) for k in range(T1.shape[1])]
         rows.append({**base, "metric": "auc_macro", "level": "", "value": value, "ci_low": lo, "ci_high": hi,
-                     "chance": 0.5, "shuffled": sh_macro, "encoded": bool(np.isfinite(lo) and lo > encoded_auc)})
-        rows += per_level
+                     "chance": 0.5, "shuffled": float(np.nanmean(shuffled)),
+                     "encoded": bool(np.isfinite(lo) and lo > encoded_auc)})
+        rows += [{**base, "metric": "auc_ovr", "level": level, "value": v, "ci_low": l, "ci_high": h, "chance": 0.5,
+                  "shuffled": sh, "encoded": None}
+                 for level, (v, l, h), sh in zip(spec["levels"], per_level, shuffled)]
     enc_cols = ["attribute", "kind", "metric", "level", "value", "ci_low", "ci_high", "chance", "shuffled",
                 "n", "n_groups", "encoded"]
     encoded = pd.DataFrame(rows, columns=enc_cols)
