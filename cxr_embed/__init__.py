@@ -56,6 +56,8 @@ _LAZY = {
     "ModelBundle": "cxr_embed.learn.persistence",
     "load_model": "cxr_embed.learn.persistence",
     "write_report": "cxr_embed.evaluate.report",
+    "audit_embeddings": "cxr_embed.evaluate.audit",
+    "EmbeddingAudit": "cxr_embed.evaluate.audit",
     # transfer approaches
     "StackedEnsemble": "cxr_embed.learn.stacking",
     "AveragingEnsemble": "cxr_embed.learn.stacking",
