@@ -113,7 +113,7 @@ def plot_map(coords: ArrayLike, values: ArrayLike, *, title: str = "", path: str
         keep.append("other")
     fig = _figure(figsize=(5.5, 5.0))
     ax = fig.add_subplot(1, 1, 1)
-    size = float(np.clip(3000.0 / max(len(v), 1), 2.0, 30.0))
+    size = float(np.clip(20000.0 / max(len(v), 1), 3.0, 30.0))
     for i, level in enumerate(sorted(keep)):
         m = v == level
         ax.scatter(xy[m, 0], xy[m, 1], s=size, alpha=0.6, linewidths=0, color=f"C{i % 10}",
