@@ -7,6 +7,7 @@ tables (CSV and ``audit.json``), the 2-D maps (PNG) and one HTML page in the rep
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 __all__ = ["register"]
@@ -88,9 +89,15 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     estimator = None
     if args.classifier is not None:
         estimator = cxr_embed.make_classifier(args.classifier, random_state=args.seed)
-    audit = cxr_embed.audit_embeddings(X, manifest, label=args.label, attributes=attributes, cv=args.cv,
-                                       random_state=args.seed, estimator=estimator, n_bootstrap=args.n_bootstrap,
-                                       map=None if args.map == "none" else args.map)
+    try:
+        audit = cxr_embed.audit_embeddings(X, manifest, label=args.label, attributes=attributes, cv=args.cv,
+                                           random_state=args.seed, estimator=estimator,
+                                           n_bootstrap=args.n_bootstrap, map=None if args.map == "none" else args.map)
+    except ValueError as e:  # bad settings (e.g. --cv 1); CxrEmbedError subclasses go to main()
+        if isinstance(e, cxr_embed.CxrEmbedError):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     audit.params.update({"store": str(args.store), "manifest": str(args.manifest), "fingerprint": fp})
     index = audit.write(Path(args.out), title=f"cxr-embed audit: {Path(args.manifest).name} ({fp[:12]})")
     print(f"{len(manifest)} images, {audit.params['n_patients']} patients, dim {X.shape[1]}, fingerprint {fp[:16]}")

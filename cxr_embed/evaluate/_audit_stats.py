@@ -6,6 +6,7 @@ Part of :func:`cxr_embed.evaluate.audit.audit_embeddings`; private.
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,8 @@ from .metrics._bootstrap import (
 
 __all__: list[str] = []
 
+_Interval = namedtuple("_Interval", "auc ci_low ci_high")
+
 
 def _pool(levels: np.ndarray, min_count: int) -> np.ndarray:
     """Levels seen fewer than ``min_count`` times replaced by 'other'."""
@@ -29,26 +32,25 @@ def _pool(levels: np.ndarray, min_count: int) -> np.ndarray:
     return np.where(np.isin(levels, rare), "other", levels) if rare.size else levels
 
 
-def _attribute_scores(codes: list[np.ndarray], y: np.ndarray) -> np.ndarray:
-    """P(label) from categorical codes alone, fitted on every labelled image: the level's positive
-    rate (one code array) or a logistic regression on their one-hot encoding (several).
-
-    In-sample on purpose: a handful of levels cannot overfit hundreds of images, while
-    out-of-fold rates differ slightly between folds and break the ties within a level at
-    random, which pulls the AUC of a binary attribute towards 0.5 (NIH view: 0.585 out of
-    fold against 0.610, the AUC of the AP/PA split itself).
-    """
+def _attribute_scores(codes: list[np.ndarray], y: np.ndarray, folds: list) -> np.ndarray:
+    """Out-of-fold P(label) from categorical codes alone: the level's positive rate in the
+    training folds (one code array) or a logistic regression on their one-hot encoding (several).
+    Unlabelled rows are never trained on; levels unseen in training get the training rate."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import OneHotEncoder
 
     C = np.column_stack(codes).astype(str)
-    lab = np.isfinite(y)
-    if C.shape[1] == 1:
-        rates = pd.Series(y[lab]).groupby(C[lab, 0]).mean()
-        return pd.Series(C[:, 0]).map(rates).fillna(float(y[lab].mean())).to_numpy(float)
-    enc = OneHotEncoder(handle_unknown="ignore").fit(C[lab])
-    model = LogisticRegression(C=1.0, max_iter=1000).fit(enc.transform(C[lab]), y[lab].astype(int))
-    return model.predict_proba(enc.transform(C))[:, 1]
+    s = np.full(y.shape[0], np.nan)
+    for tr, te in folds:
+        tr = tr[np.isfinite(y[tr])]
+        if C.shape[1] == 1:
+            rates = pd.Series(y[tr]).groupby(C[tr, 0]).mean()
+            s[te] = pd.Series(C[te, 0]).map(rates).fillna(float(y[tr].mean())).to_numpy(float)
+        else:
+            enc = OneHotEncoder(handle_unknown="ignore").fit(C[tr])
+            model = LogisticRegression(C=1.0, max_iter=1000).fit(enc.transform(C[tr]), y[tr].astype(int))
+            s[te] = model.predict_proba(enc.transform(C[te]))[:, 1]
+    return s
 
 
 # --------------------------------------------------------------------------- statistics
@@ -138,16 +140,23 @@ _SHORTCUT_COLUMNS = ["attribute", "label_auc", "label_ci_low", "label_ci_high", 
                      "within_strata_auc", "within_ci_low", "within_ci_high", "flag"]
 
 
-def _shortcuts(y, score, g, strata, decisive, label_name, *, n_bootstrap, ci, seed, margin, min_count):
-    """Shortcut table and its flags: each attribute alone (and all together) against the embeddings' classifier."""
+def _shortcuts(y, score, g, strata, decisive, label_name, folds, fold_of, *, n_bootstrap, ci, seed, margin,
+               min_count):
+    """Shortcut table and its flags: each attribute alone (and all together) against the embeddings' classifier.
+
+    The AUC of the label from an attribute counts positive-negative pairs of the same test fold
+    only (pooled over folds, with a patient-bootstrap CI): out-of-fold rates differ slightly
+    between folds, and comparing them across folds would break the ties within a level at
+    random and pull a binary attribute's AUC towards 0.5.
+    """
     lab = np.isfinite(y)
-    yl, sl, gl = y[lab].astype(int), score[lab], g[lab]
+    yl, sl, gl, fl = y[lab].astype(int), score[lab], g[lab], fold_of[lab]
     overall = roc_auc_ci(yl, sl, groups=gl, n_bootstrap=n_bootstrap, ci=ci, random_state=seed)
     clf = {"classifier_auc": overall.auc, "classifier_ci_low": overall.ci_low, "classifier_ci_high": overall.ci_high}
     rows, flags = [], []
     for i, (name, levels) in enumerate(strata.items()):
-        alone = _attribute_scores([_pool(levels, min_count)], y)[lab]
-        r = roc_auc_ci(yl, alone, groups=gl, n_bootstrap=n_bootstrap, ci=ci, random_state=seed + 7 * i + 1)
+        alone = _attribute_scores([_pool(levels, min_count)], y, folds)[lab]
+        r = _Interval(*_within_strata_auc(yl, alone, fl, gl, n_bootstrap, ci, seed + 7 * i + 1))
         w = _within_strata_auc(yl, sl, levels[lab], gl, n_bootstrap, ci, seed + 7 * i + 2)
         enc = decisive.loc[name]
         predicts = bool(np.isfinite(r.ci_low) and r.ci_low > 0.5 + margin)
@@ -165,8 +174,8 @@ def _shortcuts(y, score, g, strata, decisive, label_name, *, n_bootstrap, ci, se
                 f"instead of the finding. Its AUC within {name} strata is {_fmt(w[0])} against {_fmt(overall.auc)} "
                 f"overall; validate where {name} is not tied to the label.")
     if strata:
-        alone = _attribute_scores([_pool(v, min_count) for v in strata.values()], y)[lab]
-        r = roc_auc_ci(yl, alone, groups=gl, n_bootstrap=n_bootstrap, ci=ci, random_state=seed + 3)
+        alone = _attribute_scores([_pool(v, min_count) for v in strata.values()], y, folds)[lab]
+        r = _Interval(*_within_strata_auc(yl, alone, fl, gl, n_bootstrap, ci, seed + 3))
         rows.append({"attribute": "all attributes", "label_auc": r.auc, "label_ci_low": r.ci_low,
                      "label_ci_high": r.ci_high, "encoded_metric": "", "encoded_value": math.nan,
                      "encoded_ci_low": math.nan, **clf, "within_strata_auc": math.nan, "within_ci_low": math.nan,

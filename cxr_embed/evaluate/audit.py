@@ -432,6 +432,7 @@ def audit_embeddings(
     names = _attribute_names(manifest, attributes, exclude)
     seed = _seed_from(random_state)
     rng = np.random.default_rng(seed)
+    folds = _folds(y, g, cv, seed)
 
     # ---- targets of the probe: attributes, their shuffled copies, the label
     cols = []
@@ -467,7 +468,6 @@ def audit_embeddings(
     if y is not None and estimator is None:
         label_col = len(cols)
         cols.append(y)
-    folds = _folds(y, g, cv, seed)
     fold_of = np.empty(n, dtype=int)
     for k, (_, te) in enumerate(folds):
         fold_of[te] = k
@@ -493,8 +493,9 @@ def audit_embeddings(
         lab = np.isfinite(y)
         yl, sl, gl = y[lab].astype(int), score[lab], g[lab]
         strata = {name: _strata(name, manifest[name], age_edges) for name in specs}
-        shortcuts, flags = _shortcuts(y, score, g, strata, decisive, label_name, n_bootstrap=n_bootstrap, ci=ci,
-                                      seed=seed, margin=margin, min_count=min_level_count)
+        shortcuts, flags = _shortcuts(y, score, g, strata, decisive, label_name, folds, fold_of,
+                                      n_bootstrap=n_bootstrap, ci=ci, seed=seed, margin=margin,
+                                      min_count=min_level_count)
         sub_rows, gap_rows = [], []
         for name, levels in strata.items():
             t = subgroup_auc(yl, sl, levels[lab], groups=gl, n_bootstrap=n_bootstrap, ci=ci,

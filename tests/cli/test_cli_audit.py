@@ -76,3 +76,6 @@ def test_audit_errors_are_one_line(tiny, capsys):
                "--label", "nope", "--out", str(tmp / "x")])
     err = capsys.readouterr().err
     assert rc == 2 and "label column 'nope' is not in the manifest" in err
+    rc = main(["audit", "--store", str(store.path), "--manifest", str(manifest), "--backbone", "densenet121",
+               "--cv", "1", "--out", str(tmp / "x")])
+    assert rc == 2 and "cv must be an int >= 2" in capsys.readouterr().err
