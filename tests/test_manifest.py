@@ -297,7 +297,7 @@ def test_chexpert_duplicate_rows(tmp_path):
 
 def test_chexpert_options_for_other_formats_rejected(tmp_path):
     csv = _chexpert(tmp_path)
-    with pytest.raises(ManifestError, match=r"labels= applies to format='csv' only.*'chexpert'"):
+    with pytest.raises(ManifestError, match=r"labels= applies to format='csv' or 'padchest' only.*'chexpert'"):
         load_manifest(csv, labels=["edema"])
 
 

@@ -26,7 +26,7 @@ import pandas as pd
 
 from ..exceptions import ManifestError
 from ._tables import (assemble, check_blank, check_text, file_index, label_values, read_table, snake,
-                      tables_in, warn)
+                      tables_in, text, warn)
 
 __all__ = ["VINDR_FINDINGS", "VINDR_RULES"]
 
@@ -84,8 +84,7 @@ def _load_rsna(table: Path, root: Path | None, skipped: set[str]) -> tuple[pd.Da
     raw = read_table(table, "rsna", required=["patientId", "Target"], str_columns=["patientId"])
     check_blank(raw, table, ["patientId"])
     check_text(raw, table, ["patientId"])
-    ids = raw["patientId"].str.strip()
-    codes, uniq = pd.factorize(ids)
+    codes, uniq = pd.factorize(np.asarray(text(raw["patientId"]), dtype=object))
     n = len(uniq)
     target = pd.Series(label_values(raw["Target"], table, "Target"))
     y = target.groupby(codes).max().to_numpy(dtype=float)[None, :]  # positive when any row says 1
@@ -149,8 +148,7 @@ def _load_vindr(table: Path, root: Path | None, skipped: set[str],
                      str_columns=["image_id", "class_name", "rad_id"])
     check_blank(raw, table, ["image_id", "class_name"])
     check_text(raw, table, ["image_id"])
-    ids = raw["image_id"].str.strip()
-    codes, uniq = pd.factorize(ids)
+    codes, uniq = pd.factorize(np.asarray(text(raw["image_id"]), dtype=object))
     n = len(uniq)
     rad = raw["rad_id"].fillna("").str.strip() if "rad_id" in raw.columns else pd.Series("", index=raw.index)
     readers = pd.Series(rad.to_numpy()).groupby(codes).nunique().to_numpy()
@@ -193,8 +191,7 @@ def _load_siim(table: Path, root: Path | None, skipped: set[str]) -> tuple[pd.Da
     raw = read_table(table, "siim", required=["ImageId", "EncodedPixels"], str_columns=["ImageId", "EncodedPixels"])
     check_blank(raw, table, ["ImageId", "EncodedPixels"])
     check_text(raw, table, ["ImageId"])
-    ids = raw["ImageId"].str.strip()
-    codes, uniq = pd.factorize(ids)
+    codes, uniq = pd.factorize(np.asarray(text(raw["ImageId"]), dtype=object))
     n = len(uniq)
     region = (raw["EncodedPixels"].str.strip() != "-1").to_numpy(dtype=float)
     n_regions = np.bincount(codes, weights=region, minlength=n).astype(int)

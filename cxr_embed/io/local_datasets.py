@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from ..exceptions import ImageReadError, ManifestError
-from ._tables import (IMAGE_SUFFIXES, RASTER_SUFFIXES, absolute, assemble, check_blank, check_text, duplicates,
-                      id_from_path, label_values, read_header, read_table, snake, walk_files, warn)
+from ._tables import (IMAGE_SUFFIXES, RASTER_SUFFIXES, assemble, check_blank, check_text, duplicates, id_from_path,
+                      ids_and_paths, label_values, read_header, read_table, snake, text, walk_files, warn)
 from .annotation_datasets import VINDR_FINDINGS
 from .public_datasets import CHEXPERT_LABELS, GOOGLE2019_LABELS, NIH_LABELS
 
@@ -133,10 +133,9 @@ def _load_generic(csv: Path, root: Path | None, labels: Sequence[str] | None,
     root = root if root is not None else csv.parent
     check_blank(raw, csv, need)
     check_text(raw, csv, need)
-    rel = raw["path"].astype(str)
-    abs_paths = [absolute(root, p) for p in rel]
-    ids = ([id_from_path(p, root) for p in rel] if id_col == "path"
-           else raw[id_col].astype(str).str.strip().tolist())
+    ids, abs_paths = ids_and_paths(text(raw["path"]), root)
+    if id_col != "path":
+        ids = text(raw[id_col])
     reserved = {"path", "patient_id", "image_id", id_col}
 
     if labels is not None:
@@ -167,8 +166,7 @@ def _load_generic(csv: Path, root: Path | None, labels: Sequence[str] | None,
     extras = raw.drop(columns=[c for c in raw.columns if c in reserved or c in labels])
     extras = extras.rename(columns={c: c.lower() for c in extras.columns
                                     if c.lower() in ("sex", "age", "view") and c.lower() not in extras.columns})
-    out = assemble(csv, {"image_id": ids, "path": abs_paths,
-                         "patient_id": raw["patient_id"].astype(str).str.strip().to_numpy()},
+    out = assemble(csv, {"image_id": ids, "path": abs_paths, "patient_id": text(raw["patient_id"])},
                    labels, y, meta, extras, snake_extras=False)
     if id_col != "path" and out["image_id"].duplicated().any():
         dup = duplicates(out["image_id"])

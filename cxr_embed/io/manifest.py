@@ -220,6 +220,8 @@ def load_manifest(
         df, root_path, labels_out = _load_generic(source, root_path, labels, id_column)
     elif format == "vindr":
         df, root_path, labels_out = _load_vindr(source, root_path, skipped, rule)
+    elif format == "padchest":
+        df, root_path, labels_out = _load_padchest(source, root_path, skipped, labels)
     elif format in _TABLE_LOADERS:
         df, root_path, labels_out = _TABLE_LOADERS[format](source, root_path, skipped)
     elif format == "folders":
@@ -240,7 +242,7 @@ def load_manifest(
     return df
 
 
-_TABLE_LOADERS = {"chexpert": _load_chexpert, "nih": _load_nih, "padchest": _load_padchest, "mimic": _load_mimic,
+_TABLE_LOADERS = {"chexpert": _load_chexpert, "nih": _load_nih, "mimic": _load_mimic,
                   "rsna": _load_rsna, "siim": _load_siim}
 
 
@@ -416,10 +418,10 @@ def _table_in_folder(folder: Path, skipped: set[str], want: str | None = None) -
 
 def _reject_options(format: str, **options: Any) -> None:
     allowed = {"csv": {"labels", "id_column"}, "folders": {"patient_pattern"}, "images": {"patient_pattern"},
-               "dicom_folder": {"salt"}, "vindr": {"rule"}}.get(format, set())
+               "dicom_folder": {"salt"}, "vindr": {"rule"}, "padchest": {"labels"}}.get(format, set())
     for name, value in options.items():
         if value is not None and name not in allowed:
-            where = {"labels": "format='csv'", "id_column": "format='csv'", "rule": "format='vindr'",
+            where = {"labels": "format='csv' or 'padchest'", "id_column": "format='csv'", "rule": "format='vindr'",
                      "patient_pattern": "format='folders' or 'images'", "salt": "format='dicom_folder'"}[name]
             raise ManifestError(f"{name}= applies to {where} only, but this manifest is {format!r}")
 
@@ -433,7 +435,8 @@ def _finish(df: pd.DataFrame, labels: Sequence[str], *, source: Path, check_file
         raise ManifestError(f"{source}: the manifest holds no images")
     df = df.reset_index(drop=True)
     for col in ("image_id", "path", "patient_id"):
-        df[col] = df[col].astype(str).astype(object)
+        if pd.api.types.infer_dtype(df[col], skipna=False) != "string":
+            df[col] = df[col].astype(str)
     _check_printable(df, source)
     if df["image_id"].duplicated().any():
         raise ManifestError(f"{source}: duplicate image ids ({_tables.duplicates(df['image_id'])}); "
@@ -447,11 +450,12 @@ def _finish(df: pd.DataFrame, labels: Sequence[str], *, source: Path, check_file
     if "age" in df.columns:
         df["age"] = _normalise_age(df["age"], source)
     if "view" in df.columns:
-        df["view"] = _normalise_view(df["view"])
-        implied = df["view"].map(lambda v: "frontal" if v in FRONTAL_VIEWS else
-                                 "lateral" if v in LATERAL_VIEWS else np.nan)
+        df["view"] = _map_unique(df["view"], _view_code)
+        implied = _map_unique(df["view"], lambda v: "frontal" if v in FRONTAL_VIEWS else
+                              "lateral" if v in LATERAL_VIEWS else np.nan)
     if "frontal_lateral" in df.columns:
-        df["frontal_lateral"] = _normalise_text(df["frontal_lateral"]).str.lower()
+        df["frontal_lateral"] = _map_unique(df["frontal_lateral"], lambda v: _text(v).lower()
+                                            if isinstance(_text(v), str) else np.nan)
         if "view" in df.columns:
             conflict = (implied.notna() & df["frontal_lateral"].notna() & (implied != df["frontal_lateral"]))
             df["view_conflict"] = conflict.to_numpy(dtype=bool)
@@ -478,31 +482,48 @@ def _finish(df: pd.DataFrame, labels: Sequence[str], *, source: Path, check_file
 def _check_printable(df: pd.DataFrame, source: Path) -> None:
     """Safety net after every loader: no control character in ids or paths (file names included)."""
     for col in ("image_id", "path", "patient_id"):
-        bad = df[col].str.contains(r"[\x00-\x1f\x7f]", regex=True, na=False).to_numpy(dtype=bool)
-        if bad.any():
-            rows = np.flatnonzero(bad)
-            raise ManifestError(f"{source}: {col} holds a control character (NUL, tab, newline ...) in "
-                                f"{len(rows)} row(s), e.g. {df[col].iloc[rows[0]]!r}; ids and paths must be "
-                                f"printable text; rename those files or fix the table")
+        values = df[col].to_numpy(dtype=object)
+        rows = _tables.control_rows(values)
+        if not len(rows):
+            continue
+        raise ManifestError(f"{source}: {col} holds a control character (NUL, tab, newline ...) in "
+                            f"{len(rows)} row(s), e.g. {values[rows[0]]!r}; ids and paths must be "
+                            f"printable text; rename those files or fix the table")
 
 
-def _normalise_text(col: pd.Series) -> pd.Series:
-    s = col.astype("string").str.strip()
-    return s.mask(s == "").astype(object).where(lambda x: x.notna(), np.nan)
+def _map_unique(col: pd.Series, func) -> pd.Series:
+    """``col.map(func)`` computed once per distinct value (missing values map through ``func(None)``)."""
+    codes, uniques = pd.factorize(col, use_na_sentinel=True)
+    mapped = np.array([func(u) for u in uniques] + [func(None)], dtype=object)
+    return pd.Series(mapped[codes], index=col.index, dtype=object)
 
 
-def _normalise_view(col: pd.Series) -> pd.Series:
-    s = _normalise_text(col).map(lambda v: re.sub(r"\s+", " ", v).upper() if isinstance(v, str) else v)
-    return s.where(~s.isin(["NAN", "NONE", "NULL"]), np.nan)
+def _text(v: Any) -> Any:
+    """Stripped text, NaN for missing or blank."""
+    if isinstance(v, str):
+        v = v.strip()
+        return v if v else np.nan
+    return np.nan if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else str(v)
+
+
+def _view_code(v: Any) -> Any:
+    v = _text(v)
+    if not isinstance(v, str):
+        return np.nan
+    v = re.sub(r"\s+", " ", v).upper()
+    return np.nan if v in ("NAN", "NONE", "NULL") else v
 
 
 def _normalise_sex(col: pd.Series) -> pd.Series:
     table = {"m": "M", "male": "M", "f": "F", "female": "F", "o": "O", "other": "O"}
-    return _normalise_text(col).map(lambda v: table.get(str(v).lower(), np.nan) if isinstance(v, str) else np.nan)
+    return _map_unique(col, lambda v: table.get(_text(v).lower(), np.nan) if isinstance(_text(v), str) else np.nan)
 
 
 def _normalise_age(col: pd.Series, source: Path) -> pd.Series:
-    years = col.map(_parse_age).astype(float)
+    if pd.api.types.is_numeric_dtype(col):
+        years = col.astype(float)
+    else:
+        years = _map_unique(col, _parse_age).astype(float)
     bad = years > _MAX_AGE
     if bad.any():
         _tables.warn(f"{source}: {int(bad.sum())} age value(s) above {_MAX_AGE:g} years set to missing "

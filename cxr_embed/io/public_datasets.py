@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import ast
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..exceptions import ManifestError
-from ._tables import (absolute, assemble, check_blank, check_text, csv_lines, file_index, id_from_path, label_values,
-                      multi_hot, read_header, read_table, snake, table_stem, tables_in, warn, yes_no_values)
+from ._tables import (assemble, check_blank, check_text, csv_lines, file_index, ids_and_paths, ids_from_names,
+                      label_values, multi_hot, read_header, read_table, snake, table_stem, tables_in, text, warn,
+                      yes_no_values)
 
 __all__ = ["CHEXPERT_LABELS", "NIH_LABELS", "GOOGLE2019_LABELS"]
 
@@ -69,12 +72,15 @@ _NIH_META = {"Patient Age": "age", "Patient Gender": "sex", "View Position": "vi
              "Finding Labels": "finding_labels", "Set Id": "google2019_set"}
 _CHEXPERT_META = {"Sex": "sex", "Age": "age", "Frontal/Lateral": "frontal_lateral", "AP/PA": "view"}
 _CHEXPERT_SPLITS = ("train", "valid", "test")
+_CHEXPERT_PATIENT = re.compile(r"(?:^|[/\\])(patient\d+)(?=[/\\])")
 _PADCHEST_META = {"StudyID": "study_id", "StudyDate_DICOM": "study_date", "PatientBirth": "birth_year",
                   "PatientSex_DICOM": "sex", "Projection": "view", "ViewPosition_DICOM": "view_dicom",
                   "MethodProjection": "projection_method", "MethodLabel": "label_method",
                   "Pediatric": "pediatric", "Modality_DICOM": "modality", "Manufacturer_DICOM": "manufacturer",
                   "Localizations": "localizations"}
 #: PadChest's free-text columns, not loaded (a third of the file; read them with pandas if needed)
+_SIMPLE_LIST = re.compile(r"\[\s*(?:'[^'\\\n]*'\s*(?:,\s*'[^'\\\n]*'\s*)*)?\]")
+_QUOTED = re.compile(r"'([^'\\\n]*)'")
 _PADCHEST_TEXT = ("Report", "LabelsLocalizationsBySentence", "labelCUIS", "LocalizationsCUIS", "ReportID")
 _MIMIC_META = {"ViewPosition": "view", "Rows": "rows", "Columns": "columns", "StudyDate": "study_date",
                "StudyTime": "study_time", "PerformedProcedureStepDescription": "procedure",
@@ -102,8 +108,9 @@ def _load_nih(csv: Path, root: Path | None, skipped: set[str]) -> tuple[pd.DataF
         for d in sorted(root.glob("images_*")):
             folders += [d, d / "images"]
     index = file_index(folders, skipped=skipped)
-    names = raw["Image Index"].astype(str).str.strip().tolist()
-    paths = [index.get(n) or os.path.join(str(root), "images", n) for n in names]
+    names = text(raw["Image Index"])
+    default = os.path.join(str(root), "images", "")
+    paths = [index.get(n) or default + n for n in names]
 
     codes, uniques = pd.factorize(raw["Finding Labels"].astype(str))
     vocab = {lab.replace("_", " "): j for j, lab in enumerate(NIH_LABELS)}
@@ -130,8 +137,7 @@ def _load_nih(csv: Path, root: Path | None, skipped: set[str]) -> tuple[pd.DataF
         y = np.vstack([y, *[yes_no_values(raw[c], csv, c)[None, :] for c in google]])
         labels += [GOOGLE2019_LABELS[c] for c in google]
     meta = {name: raw[c].to_numpy() for c, name in _NIH_META.items() if c in raw.columns}
-    df = assemble(csv, {"image_id": [id_from_path(n, None) for n in names], "path": paths,
-                        "patient_id": raw["Patient ID"].astype(str).str.strip().to_numpy()},
+    df = assemble(csv, {"image_id": ids_from_names(names), "path": paths, "patient_id": text(raw["Patient ID"])},
                   labels, y, meta, _extras(raw, ["Image Index", "Patient ID", *google, *_NIH_META]))
     return df, root, labels
 
@@ -175,24 +181,24 @@ def _load_chexpert_table(csv: Path, root: Path | None) -> tuple[pd.DataFrame, Pa
     check_blank(raw, csv, ["Path"])
     check_text(raw, csv, ["Path"])
     findings = [c for c in CHEXPERT_LABELS if c in raw.columns]
-    rel = raw["Path"].astype(str).tolist()
+    rel = text(raw["Path"])
     if root is None:
         root = _chexpert_root(csv, rel)
-    found = raw["Path"].astype(str).str.extract(r"(?:^|[/\\])(patient\d+)(?=[/\\])", expand=False)
-    patients = np.array(found.astype(object), dtype=object)
-    for i in np.flatnonzero(found.isna().to_numpy()):  # not the official layout: the grandparent folder
-        parts = [s for s in rel[i].replace("\\", "/").split("/") if s]
-        if len(parts) < 3:
-            raise ManifestError(f"{csv}: cannot take a patient id from Path {rel[i]!r} (CSV line {i + 2}); "
-                                f"expected .../patientNNNNN/studyN/viewN_frontal.jpg")
-        patients[i] = parts[-3]
+    patients = []
+    for i, p in enumerate(rel):
+        m = _CHEXPERT_PATIENT.search(p)
+        if m is None:  # not the official layout: the grandparent folder
+            parts = [s for s in p.replace("\\", "/").split("/") if s]
+            if len(parts) < 3:
+                raise ManifestError(f"{csv}: cannot take a patient id from Path {p!r} (CSV line {i + 2}); "
+                                    f"expected .../patientNNNNN/studyN/viewN_frontal.jpg")
+        patients.append(m.group(1) if m is not None else parts[-3])
     y = np.empty((len(findings), len(raw)))
     for j, c in enumerate(findings):
         y[j] = label_values(raw[c], csv, c)
     meta = {name: raw[c].to_numpy() for c, name in _CHEXPERT_META.items() if c in raw.columns}
-    paths = [absolute(root, p) for p in rel]
-    df = assemble(csv, {"image_id": [id_from_path(p, root) for p in paths], "path": paths,
-                        "patient_id": patients},
+    ids, paths = ids_and_paths(rel, root)
+    df = assemble(csv, {"image_id": ids, "path": paths, "patient_id": patients},
                   [CHEXPERT_LABELS[c] for c in findings], y, meta,
                   _extras(raw, ["Path", *findings, *_CHEXPERT_META]))
     return df, root, [CHEXPERT_LABELS[c] for c in findings]
@@ -210,7 +216,8 @@ def _chexpert_root(csv: Path, rel: list[str]) -> Path:
 # ---------------------------------------------------------------------------
 # PadChest
 # ---------------------------------------------------------------------------
-def _load_padchest(csv: Path, root: Path | None, skipped: set[str]) -> tuple[pd.DataFrame, Path, list[str]]:
+def _load_padchest(csv: Path, root: Path | None, skipped: set[str],
+                   labels: Sequence[str] | None = None) -> tuple[pd.DataFrame, Path, list[str]]:
     header = read_header(csv)
     keep = [c for c in header if c not in _PADCHEST_TEXT and c and not c.startswith("Unnamed:")]
     ids = ["ImageID", "ImageDir", "PatientID", "StudyID", "StudyDate_DICOM", "Labels", "Localizations"]
@@ -219,43 +226,70 @@ def _load_padchest(csv: Path, root: Path | None, skipped: set[str]) -> tuple[pd.
     check_blank(raw, csv, ["ImageID", "ImageDir", "PatientID"])
     check_text(raw, csv, ["ImageID", "ImageDir", "PatientID"])
     root = root if root is not None else csv.parent
-    names = raw["ImageID"].str.strip()
-    rel = (raw["ImageDir"].str.strip().str.replace(r"\.0$", "", regex=True) + "/" + names).tolist()
-    paths = [os.path.join(str(root), r) for r in rel]
-
+    names = text(raw["ImageID"])
+    dirs = [d[:-2] if d.endswith(".0") else d for d in text(raw["ImageDir"])]  # "0" (or "0.0") .. "54"
+    base = os.path.join(str(root), "")
+    core = {"image_id": ids_from_names(names), "path": [f"{base}{d}{os.sep}{n}" for d, n in zip(dirs, names)],
+            "patient_id": text(raw["PatientID"])}
     codes, uniques = pd.factorize(raw["Labels"], use_na_sentinel=True)
-    column_of: dict[str, int] = {}
-    tokens: list[list[int]] = []
-    for u, s in enumerate(uniques):
-        try:
-            value = ast.literal_eval(str(s))  # literals only, never eval()
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            value = None
-        if not isinstance(value, (list, tuple)) or not all(isinstance(t, str) for t in value):
-            rows = np.flatnonzero(codes == u)
-            raise ManifestError(f"{csv}: column 'Labels' should hold a list of findings such as "
-                                f"\"['normal']\"; found {str(s)[:80]!r} on CSV line(s) {csv_lines(rows)} "
-                                f"(line numbers count one line per row); fix those rows")
-        tokens.append(sorted({column_of.setdefault(snake(t), len(column_of)) for t in value if t.strip()}))
-    order = sorted(column_of, key=lambda name: name)
-    remap = np.array([order.index(name) for name in column_of], dtype=int) if column_of else np.zeros(0, int)
-    tokens = [[int(remap[t]) for t in toks] for toks in tokens]
-    y = multi_hot(np.where(codes < 0, 0, codes), tokens or [[]], len(order))
-    unlabelled = (codes < 0) | np.isin(codes, [u for u, toks in enumerate(tokens) if not toks])
-    if unlabelled.any():
-        y[:, unlabelled] = np.nan
-        warn(f"{csv}: {int(unlabelled.sum())} image(s) have no labels (Labels blank or []); their label "
-             f"columns are NaN (missing), e.g. CSV line(s) {csv_lines(np.flatnonzero(unlabelled))}")
-
     meta = {name: raw[c].to_numpy() for c, name in _PADCHEST_META.items() if c in raw.columns}
     if "study_date" in meta and "birth_year" in meta:  # age in whole years at the study (year - birth year)
         study_year = pd.to_numeric(raw["StudyDate_DICOM"].str.slice(0, 4), errors="coerce")
         born = pd.to_numeric(raw["PatientBirth"], errors="coerce")
         meta = {"age": (study_year - born).where(lambda a: a >= 0).to_numpy(dtype=float), **meta}
-    df = assemble(csv, {"image_id": [id_from_path(n, None) for n in names], "path": paths,
-                        "patient_id": raw["PatientID"].str.strip().to_numpy()},
-                  order, y, meta, _extras(raw, ["ImageID", "ImageDir", "PatientID", "Labels", *_PADCHEST_META]))
-    return df, root, order
+    extras = _extras(raw, ["ImageID", "ImageDir", "PatientID", "Labels", *_PADCHEST_META])
+    del raw, names, dirs  # the source ids are no longer needed: free them before the label matrix
+
+    order, tokens = _padchest_tokens(csv, codes, uniques)
+    unlabelled = (codes < 0) | np.isin(codes, [u for u, toks in enumerate(tokens) if not toks])
+    if labels is not None:  # keep only the findings asked for (193 float64 columns take 250 MB)
+        unknown = [x for x in labels if x not in order]
+        if unknown:
+            raise ManifestError(f"{csv}: labels= names finding(s) {unknown[:10]} that PadChest's Labels column "
+                                f"does not hold; the {len(order)} findings are snake-case names such as "
+                                f"{order[:8]}")
+        index = {name: i for i, name in enumerate(labels)}
+        tokens = [[index[order[t]] for t in toks if order[t] in index] for toks in tokens]
+        order = list(labels)
+    y = multi_hot(np.where(unlabelled, -1, codes), tokens, len(order))
+    if unlabelled.any():
+        y[:, unlabelled] = np.nan
+        warn(f"{csv}: {int(unlabelled.sum())} image(s) have no labels (Labels blank, [] or ['']); their label "
+             f"columns are NaN (missing), e.g. CSV line(s) {csv_lines(np.flatnonzero(unlabelled))}")
+    return assemble(csv, core, order, y, meta, extras), root, order
+
+
+def _padchest_tokens(csv: Path, codes: np.ndarray, uniques) -> tuple[list[str], list[list[int]]]:
+    """Sorted snake-case finding names, and the label indices of each distinct ``Labels`` value."""
+    column_of: dict[str, int] = {}
+    snake_of: dict[str, str] = {}
+    tokens: list[list[int]] = []
+    for u, s in enumerate(uniques):
+        value = _literal_list(str(s))
+        if value is None:
+            rows = np.flatnonzero(codes == u)
+            raise ManifestError(f"{csv}: column 'Labels' should hold a list of findings such as "
+                                f"\"['normal']\"; found {str(s)[:80]!r} on CSV line(s) {csv_lines(rows)} "
+                                f"(line numbers count one line per row); fix those rows")
+        names = {snake_of[t] if t in snake_of else snake_of.setdefault(t, snake(t)) for t in value if t.strip()}
+        tokens.append([column_of.setdefault(name, len(column_of)) for name in names])
+    order = sorted(column_of)
+    rank = {name: i for i, name in enumerate(order)}
+    remap = [rank[name] for name in column_of]
+    return order, [sorted(remap[t] for t in toks) for toks in tokens]
+
+
+def _literal_list(s: str) -> list[str] | None:
+    """A Python list of str literals, or None: a plain regex for the usual form, else ast.literal_eval."""
+    if _SIMPLE_LIST.fullmatch(s):
+        return _QUOTED.findall(s)
+    try:
+        value = ast.literal_eval(s)  # literals only, never eval()
+    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+        return None
+    if isinstance(value, (list, tuple)) and all(isinstance(t, str) for t in value):
+        return list(value)
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -287,11 +321,11 @@ def _load_mimic(table: Path, root: Path | None, skipped: set[str]) -> tuple[pd.D
     check_text(raw, metadata, ["dicom_id", *keys])
     root = root if root is not None else metadata.parent
     base = root / "files" if (root / "files").is_dir() else root
-    subject = raw["subject_id"].str.strip().str.replace(r"\.0$", "", regex=True)
-    study = raw["study_id"].str.strip().str.replace(r"\.0$", "", regex=True)
-    image_ids = ("p" + subject.str.slice(0, 2) + "/p" + subject + "/s" + study + "/"
-                 + raw["dicom_id"].str.strip()).tolist()
-    paths = [os.path.join(str(base), i + ".jpg") for i in image_ids]
+    subject = [v[:-2] if v.endswith(".0") else v for v in text(raw["subject_id"])]
+    study = [v[:-2] if v.endswith(".0") else v for v in text(raw["study_id"])]
+    image_ids = [f"p{p[:2]}/p{p}/s{s}/{d}" for p, s, d in zip(subject, study, text(raw["dicom_id"]))]
+    prefix = os.path.join(str(base), "")
+    paths = [f"{prefix}{i}.jpg" for i in image_ids]
 
     labels: list[str] = []
     y = np.empty((0, len(raw)))
@@ -302,11 +336,11 @@ def _load_mimic(table: Path, root: Path | None, skipped: set[str]) -> tuple[pd.D
         lab = read_table(labels_table, "mimic", required=keys, str_columns=keys,
                          check=lambda h: _need_findings(labels_table, h))
         check_blank(lab, labels_table, keys)
-        key = lab["subject_id"].str.strip() + "/" + lab["study_id"].str.strip()
-        if key.duplicated().any():
+        key = pd.Index([f"{p}/{s}" for p, s in zip(text(lab["subject_id"]), text(lab["study_id"]))])
+        if key.has_duplicates:
             raise ManifestError(f"{labels_table}: studies listed twice ({key[key.duplicated()].tolist()[:5]}); "
                                 f"each subject_id + study_id needs one row")
-        pos = pd.Index(key).get_indexer(subject + "/" + study)
+        pos = key.get_indexer([f"{p}/{s}" for p, s in zip(subject, study)])
         findings = [c for c in CHEXPERT_LABELS if c in lab.columns]
         labels = [CHEXPERT_LABELS[c] for c in findings]
         y = np.full((len(findings), len(raw)), np.nan)
@@ -316,14 +350,14 @@ def _load_mimic(table: Path, root: Path | None, skipped: set[str]) -> tuple[pd.D
         if (pos < 0).any():
             warn(f"{metadata}: {int((pos < 0).sum())} image(s) belong to studies without a row in "
                  f"{labels_table.name}; their labels are NaN (missing)")
-    meta = {"study_id": study.to_numpy()}
+    meta = {"study_id": np.asarray(study, dtype=object)}
     meta.update({name: raw[c].to_numpy() for c, name in _MIMIC_META.items() if c in raw.columns})
     split_table = _sibling(metadata, "split")
     if split_table is not None:
         split = read_table(split_table, "mimic", required=["dicom_id", "split"], str_columns=["dicom_id"])
-        meta["split"] = split.set_index(split["dicom_id"].str.strip())["split"].reindex(
-            raw["dicom_id"].str.strip()).to_numpy()
-    df = assemble(metadata, {"image_id": image_ids, "path": paths, "patient_id": subject.to_numpy()},
+        meta["split"] = split.set_index(pd.Index(text(split["dicom_id"])))["split"].reindex(
+            text(raw["dicom_id"])).to_numpy()
+    df = assemble(metadata, {"image_id": image_ids, "path": paths, "patient_id": subject},
                   labels, y, meta, _extras(raw, ["dicom_id", *keys, *_MIMIC_META]))
     return df, root, labels
 
