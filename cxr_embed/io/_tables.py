@@ -16,6 +16,10 @@ rules hold for every format:
 """
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
+import lzma
 import os
 import posixpath
 import re
@@ -177,16 +181,52 @@ def _clean_names(names: Sequence[Any]) -> list[str]:
 
 
 def _raw_header(path: Path) -> list[str]:
+    """Column names as pandas names them, from the first 64 KiB of the (decompressed) table only."""
     regular_file(path)
+    head = _head(path)
+    if not head.strip():
+        raise ManifestError(f"{path}: the file is empty; expected a CSV with a header row")
+    if b"\n" in head:
+        head = head[: head.index(b"\n") + 1]
     try:
-        return [str(c) for c in pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns]
-    except pd.errors.EmptyDataError as e:
-        raise ManifestError(f"{path}: the file is empty; expected a CSV with a header row") from e
-    except (UnicodeDecodeError, pd.errors.ParserError) as e:
+        return [str(c) for c in pd.read_csv(io.StringIO(head.decode("utf-8-sig")), nrows=0).columns]
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise ManifestError(f"{path}: not a readable UTF-8 CSV ({e}); expected a dataset table") from e
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+
+
+def _head(path: Path, size: int = 1 << 16) -> bytes:
+    """The first ``size`` bytes of a table, decompressing .gz/.bz2/.xz and single-file .zip."""
+    low = path.name.lower()
+    try:
+        if low.endswith(".zip"):
+            with zipfile.ZipFile(path) as z:
+                names = [n for n in z.namelist() if not n.endswith("/") and not n.startswith("__MACOSX")]
+                if len(names) != 1:
+                    raise ManifestError(f"{path}: cannot read this table (the archive holds {len(names)} files: "
+                                        f"{names[:5]}); expected a .zip holding exactly one CSV; unzip it and "
+                                        f"pass the CSV")
+                with z.open(names[0]) as f:
+                    return _read_some(f, size)
+        opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(os.path.splitext(low)[1], open)
+        with opener(path, "rb") as f:
+            return _read_some(f, size)
+    except (OSError, EOFError, zipfile.BadZipFile, lzma.LZMAError) as e:
         raise ManifestError(f"{path}: cannot read this table ({e}); expected a .csv, .csv.gz or a .zip "
                             f"holding exactly one CSV") from e
+
+
+def _read_some(f, size: int) -> bytes:
+    out = b""
+    try:
+        while len(out) < size:
+            chunk = f.read1(min(8192, size - len(out))) if hasattr(f, "read1") else f.read(size - len(out))
+            if not chunk:
+                break
+            out += chunk
+    except EOFError:  # a truncated stream: what came before the cut is still the header
+        if not out:
+            raise
+    return out
 
 
 def read_header(path: Path) -> list[str]:

@@ -28,7 +28,7 @@ import pandas as pd
 
 from ..exceptions import ManifestError
 from ._tables import (assemble, check_blank, check_text, csv_lines, file_index, ids_and_paths, ids_from_names,
-                      label_values, multi_hot, read_header, read_table, snake, table_stem, tables_in, text, warn,
+                      label_values, multi_hot, read_header, read_table, require, snake, table_stem, tables_in, text, warn,
                       yes_no_values)
 
 __all__ = ["CHEXPERT_LABELS", "NIH_LABELS", "GOOGLE2019_LABELS"]
@@ -306,7 +306,10 @@ def _sibling(table: Path, word: str) -> Path | None:
 
 def _load_mimic(table: Path, root: Path | None, skipped: set[str]) -> tuple[pd.DataFrame, Path, list[str]]:
     keys = ["subject_id", "study_id"]
-    if "dicom_id" in read_header(table):
+    header = read_header(table)
+    if not set(keys) <= set(header):
+        require(header, table, ["dicom_id", *keys], "mimic")
+    if "dicom_id" in header:
         metadata = table
         labels_table = _sibling(table, "chexpert") or _sibling(table, "negbio")
     else:
