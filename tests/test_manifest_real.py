@@ -44,10 +44,9 @@ def _check_nih(df: pd.DataFrame, raw: pd.DataFrame) -> dict:
     assert s["n_images"] == len(raw) == raw["Image Index"].nunique()
     assert s["n_patients"] == raw["Patient ID"].nunique()
     dummies = raw["Finding Labels"].str.get_dummies("|")
-    for name in NIH_LABELS:
-        header = "No Finding" if name == "no_finding" else name.title().replace("_", "_")
+    assert len(dummies.columns) == len(NIH_LABELS)
+    for name in NIH_LABELS:  # "No Finding" -> no_finding, "Pleural_Thickening" -> pleural_thickening
         column = next(c for c in dummies.columns if c.lower().replace(" ", "_") == name)
-        assert header.lower().replace(" ", "_") == name
         pos = int(dummies[column].sum())
         assert s["labels"][name] == {"positive": pos, "negative": len(raw) - pos, "uncertain": 0, "missing": 0}
     assert s["views"] == raw["View Position"].value_counts().sort_index().to_dict()

@@ -160,7 +160,7 @@ def _load_vindr(table: Path, root: Path | None, skipped: set[str],
     labels = ["no_finding", *[VINDR_FINDINGS.get(c, snake(c)) for c in classes]]
     if len(set(labels)) != len(labels):
         raise ManifestError(f"{table}: class names {seen} map to label names already taken; rename them")
-    marks = pd.DataFrame({"image": codes, "cls": pd.Categorical(names, categories=classes).codes,
+    marks = pd.DataFrame({"image": codes, "cls": pd.Index(classes).get_indexer(names),
                           "rad": rad.to_numpy()})[~is_none.to_numpy()].drop_duplicates()
     votes = marks.groupby(["image", "cls"]).size()
     img = votes.index.get_level_values("image").to_numpy()
@@ -180,7 +180,6 @@ def _load_vindr(table: Path, root: Path | None, skipped: set[str],
     paths = _image_paths(uniq, root, ("train", "test", "images"), "train", ".dicom", skipped)
     df = assemble(table, {"image_id": np.asarray(uniq, dtype=object), "path": paths,
                           "patient_id": np.asarray(uniq, dtype=object)}, labels, y, meta, extras)
-    df.attrs["vindr_rule"] = rule
     return df, root, labels
 
 
