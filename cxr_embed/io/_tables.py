@@ -252,7 +252,9 @@ def read_table(path: Path, fmt: str, *, required: Sequence[str] = (), str_column
     name_of = dict(zip(raw, header))
     keep = None if usecols is None else [r for r, h in name_of.items() if h in set(usecols)]
     wanted = set(str_columns)
-    dtype = {r: str for r, h in name_of.items() if h in wanted and (keep is None or r in keep)}
+    # ids and paths as plain Python str (object columns), whatever pandas' default string storage:
+    # the loaders work on them in Python, and the CSV parser shares repeated values
+    dtype = {r: object for r, h in name_of.items() if h in wanted and (keep is None or r in keep)}
     try:
         with warnings.catch_warnings():  # chunked parsing (a third of the memory); a mixed column becomes object
             warnings.simplefilter("ignore", pd.errors.DtypeWarning)
@@ -301,12 +303,16 @@ def check_text(df: pd.DataFrame, path: Path, columns: Iterable[str]) -> None:
             f"printable text; fix or remove those rows")
 
 
-def control_rows(values: Sequence[Any]) -> np.ndarray:
+def control_rows(values: Sequence[Any] | pd.Series) -> np.ndarray:
     """Positions of the str values holding a control character (NUL, tab, newline, DEL ...).
 
     Scans joined blocks of 4096 values at C speed and looks at single values only in a block
     that has a hit, so a clean column of 200,000 paths costs a few milliseconds.
     """
+    if isinstance(values, pd.Series):
+        if getattr(values.dtype, "storage", None) == "pyarrow":  # vectorised in Arrow, no Python str made
+            return np.flatnonzero(values.str.contains(_CONTROL_RE.pattern, regex=True).fillna(False).to_numpy(bool))
+        values = values.to_numpy(dtype=object)
     hits = []
     for start in range(0, len(values), 4096):
         block = [v if isinstance(v, str) else "" for v in values[start:start + 4096]]
@@ -481,8 +487,8 @@ def assemble(path: Path, core: Mapping[str, Any], label_names: Sequence[str] = (
         whose name equals a built column (``path``, ``image_id``, a label ...) is kept as
         ``source_<name>`` instead, with a warning; it never replaces the built column.
     """
-    meta = dict(meta or {})
-    parts = [pd.DataFrame(dict(core))]
+    meta = {k: _column(v) for k, v in (meta or {}).items()}
+    parts = [pd.DataFrame({k: _column(v) for k, v in core.items()})]
     n = len(parts[0])
     if label_matrix is not None and len(label_names):
         parts.append(pd.DataFrame(label_matrix.T, columns=list(label_names), copy=False))
@@ -508,6 +514,15 @@ def assemble(path: Path, core: Mapping[str, Any], label_names: Sequence[str] = (
                  f"name, never replacing it: {', '.join(moved[:10])}")
         parts.append(extras.set_axis([renamed[c] for c in extras.columns], axis=1).reset_index(drop=True))
     return pd.concat(parts, axis=1) if len(parts) > 1 else parts[0]
+
+
+def _column(values: Any) -> Any:
+    """Text stays plain Python str (object dtype): no copy into another string storage."""
+    if isinstance(values, pd.Series):
+        return values.reset_index(drop=True)
+    if isinstance(values, list) or (isinstance(values, np.ndarray) and values.dtype == object):
+        return pd.Series(values, dtype=object)
+    return values
 
 
 def warn(message: str) -> None:

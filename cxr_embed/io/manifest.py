@@ -482,12 +482,11 @@ def _finish(df: pd.DataFrame, labels: Sequence[str], *, source: Path, check_file
 def _check_printable(df: pd.DataFrame, source: Path) -> None:
     """Safety net after every loader: no control character in ids or paths (file names included)."""
     for col in ("image_id", "path", "patient_id"):
-        values = df[col].to_numpy(dtype=object)
-        rows = _tables.control_rows(values)
+        rows = _tables.control_rows(df[col])
         if not len(rows):
             continue
         raise ManifestError(f"{source}: {col} holds a control character (NUL, tab, newline ...) in "
-                            f"{len(rows)} row(s), e.g. {values[rows[0]]!r}; ids and paths must be "
+                            f"{len(rows)} row(s), e.g. {df[col].iloc[rows[0]]!r}; ids and paths must be "
                             f"printable text; rename those files or fix the table")
 
 

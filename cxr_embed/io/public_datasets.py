@@ -79,6 +79,10 @@ _PADCHEST_META = {"StudyID": "study_id", "StudyDate_DICOM": "study_date", "Patie
                   "Pediatric": "pediatric", "Modality_DICOM": "modality", "Manufacturer_DICOM": "manufacturer",
                   "Localizations": "localizations"}
 #: PadChest's free-text columns, not loaded (a third of the file; read them with pandas if needed)
+_PADCHEST_NUMBERS = frozenset({"PatientBirth", "PixelRepresentation_DICOM", "PixelAspectRatio_DICOM",
+                               "SpatialResolution_DICOM", "BitsStored_DICOM", "WindowCenter_DICOM",
+                               "WindowWidth_DICOM", "Rows_DICOM", "Columns_DICOM", "XRayTubeCurrent_DICOM",
+                               "Exposure_DICOM", "ExposureInuAs_DICOM", "ExposureTime", "RelativeXRayExposure_DICOM"})
 _SIMPLE_LIST = re.compile(r"\[\s*(?:'[^'\\\n]*'\s*(?:,\s*'[^'\\\n]*'\s*)*)?\]")
 _QUOTED = re.compile(r"'([^'\\\n]*)'")
 _PADCHEST_TEXT = ("Report", "LabelsLocalizationsBySentence", "labelCUIS", "LocalizationsCUIS", "ReportID")
@@ -136,7 +140,7 @@ def _load_nih(csv: Path, root: Path | None, skipped: set[str]) -> tuple[pd.DataF
     if google:  # the adjudicated subset: YES/NO columns beside the NIH labels, under their own names
         y = np.vstack([y, *[yes_no_values(raw[c], csv, c)[None, :] for c in google]])
         labels += [GOOGLE2019_LABELS[c] for c in google]
-    meta = {name: raw[c].to_numpy() for c, name in _NIH_META.items() if c in raw.columns}
+    meta = {name: raw[c] for c, name in _NIH_META.items() if c in raw.columns}
     df = assemble(csv, {"image_id": ids_from_names(names), "path": paths, "patient_id": text(raw["Patient ID"])},
                   labels, y, meta, _extras(raw, ["Image Index", "Patient ID", *google, *_NIH_META]))
     return df, root, labels
@@ -196,7 +200,7 @@ def _load_chexpert_table(csv: Path, root: Path | None) -> tuple[pd.DataFrame, Pa
     y = np.empty((len(findings), len(raw)))
     for j, c in enumerate(findings):
         y[j] = label_values(raw[c], csv, c)
-    meta = {name: raw[c].to_numpy() for c, name in _CHEXPERT_META.items() if c in raw.columns}
+    meta = {name: raw[c] for c, name in _CHEXPERT_META.items() if c in raw.columns}
     ids, paths = ids_and_paths(rel, root)
     df = assemble(csv, {"image_id": ids, "path": paths, "patient_id": patients},
                   [CHEXPERT_LABELS[c] for c in findings], y, meta,
@@ -220,9 +224,9 @@ def _load_padchest(csv: Path, root: Path | None, skipped: set[str],
                    labels: Sequence[str] | None = None) -> tuple[pd.DataFrame, Path, list[str]]:
     header = read_header(csv)
     keep = [c for c in header if c not in _PADCHEST_TEXT and c and not c.startswith("Unnamed:")]
-    ids = ["ImageID", "ImageDir", "PatientID", "StudyID", "StudyDate_DICOM", "Labels", "Localizations"]
+    text_columns = [c for c in keep if c not in _PADCHEST_NUMBERS]  # as Python str: repeated values shared
     raw = read_table(csv, "padchest", required=["ImageID", "ImageDir", "PatientID", "Labels"],
-                     str_columns=ids, usecols=keep)
+                     str_columns=text_columns, usecols=keep)
     check_blank(raw, csv, ["ImageID", "ImageDir", "PatientID"])
     check_text(raw, csv, ["ImageID", "ImageDir", "PatientID"])
     root = root if root is not None else csv.parent
@@ -232,7 +236,7 @@ def _load_padchest(csv: Path, root: Path | None, skipped: set[str],
     core = {"image_id": ids_from_names(names), "path": [f"{base}{d}{os.sep}{n}" for d, n in zip(dirs, names)],
             "patient_id": text(raw["PatientID"])}
     codes, uniques = pd.factorize(raw["Labels"], use_na_sentinel=True)
-    meta = {name: raw[c].to_numpy() for c, name in _PADCHEST_META.items() if c in raw.columns}
+    meta = {name: raw[c] for c, name in _PADCHEST_META.items() if c in raw.columns}
     if "study_date" in meta and "birth_year" in meta:  # age in whole years at the study (year - birth year)
         study_year = pd.to_numeric(raw["StudyDate_DICOM"].str.slice(0, 4), errors="coerce")
         born = pd.to_numeric(raw["PatientBirth"], errors="coerce")
@@ -354,7 +358,7 @@ def _load_mimic(table: Path, root: Path | None, skipped: set[str]) -> tuple[pd.D
             warn(f"{metadata}: {int((pos < 0).sum())} image(s) belong to studies without a row in "
                  f"{labels_table.name}; their labels are NaN (missing)")
     meta = {"study_id": np.asarray(study, dtype=object)}
-    meta.update({name: raw[c].to_numpy() for c, name in _MIMIC_META.items() if c in raw.columns})
+    meta.update({name: raw[c] for c, name in _MIMIC_META.items() if c in raw.columns})
     split_table = _sibling(metadata, "split")
     if split_table is not None:
         split = read_table(split_table, "mimic", required=["dicom_id", "split"], str_columns=["dicom_id"])
