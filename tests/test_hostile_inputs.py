@@ -393,8 +393,11 @@ def build_corpus(folder: Path) -> list[Case]:
     add("jpeg_syntax_garbage_fragment", garbage, ImageDecodeError)
     add("unknown_transfer_syntax", _dcm(d("unknown_transfer_syntax"), good, bits_stored=12, ts="1.2.3.4.5.6"),
         ImageDecodeError)
-    add("dicom_no_pixel_data", _dcm(d("dicom_no_pixel_data"), good, drop=("PixelData",), bits_stored=12),
-        NoPixelDataError)
+    add("dicom_header_without_pixel_data", _dcm(d("dicom_header_without_pixel_data"), good, drop=("PixelData",),
+                                                bits_stored=12), ImageDecodeError)  # cut before its pixels
+    add("dicom_no_pixel_data", _dcm(d("dicom_no_pixel_data"), good, bits_stored=12, drop=(
+        "PixelData", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+        "SamplesPerPixel", "PhotometricInterpretation")), NoPixelDataError)  # e.g. a structured report
     frames = np.stack([_ramp(8, 8)] * 3)
     mf = _dcm(d("multiframe"), frames[0], bits_stored=12, NumberOfFrames=3, pixel_bytes=frames.tobytes())
     add("multiframe_without_frame", mf, MultiFrameError)
@@ -415,7 +418,7 @@ def build_corpus(folder: Path) -> list[Case]:
         fh.write(png[:33] + _png_chunk(b"zTXt", b"Comment\0\0" + bomb_text) + png[33:])
     add("png_ztxt_bomb", folder / "png_text_bomb.png", ImageDecodeError)
     _png_header_only(folder / "png_zero_width.png", 0, 10)
-    add("png_zero_width", folder / "png_zero_width.png", ImageDecodeError)
+    add("png_zero_width", folder / "png_zero_width.png", ImageReadError)  # Pillow cannot identify it
 
     jpg = io.BytesIO()
     Image.fromarray(_ramp(64, 64, 255, np.uint8), mode="L").save(jpg, format="JPEG", quality=90)
