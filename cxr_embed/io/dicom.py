@@ -14,8 +14,9 @@ radiologist's viewer would show it, whatever the vendor wrote:
 4. **MONOCHROME1** images (low values bright) inverted so that air is always dark.
 
 Only non-identifying header fields are returned. Patient identity leaves this module only as
-``patient_key``, a keyed one-way hash of *PatientID*; names, birth dates, accession numbers and
-raw identifiers are never returned or logged.
+``patient_key``, a keyed hash of *PatientID* (a pseudonym only with a secret salt, see
+:func:`patient_key`); names, birth dates, accession numbers and raw identifiers are never
+returned or logged.
 """
 from __future__ import annotations
 
@@ -45,8 +46,9 @@ __all__ = ["is_dicom", "read_dicom", "read_dicom_meta", "parse_age", "patient_ke
 logger = logging.getLogger(__name__)
 
 #: Salt used for ``patient_key`` when neither ``salt=`` nor ``$CXR_EMBED_SALT`` is given.
-#: It is **not secret** (it is printed here): it only makes keys differ from a bare hash of the
-#: PatientID. Set your own salt (``CXR_EMBED_SALT``) to make keys unlinkable across projects.
+#: It is **public** (it is printed here), so keys made with it protect nothing: a 7-digit
+#: PatientID is recovered from its key by brute force in about a second. Using it warns.
+#: Set a secret salt per project (``salt=`` or ``$CXR_EMBED_SALT``).
 DEFAULT_SALT = "cxr_embed-default-salt-NOT-SECRET-set-CXR_EMBED_SALT"
 
 #: Accepted values of ``voi=``.
@@ -228,21 +230,40 @@ def parse_age(value: Any) -> float | None:
 
 
 def patient_key(patient_id: Any, salt: str | None = None) -> str | None:
-    """Salted one-way hash of a patient identifier (16 hex characters).
+    """Keyed hash of a patient identifier (16 hex characters), for patient-grouped splits.
 
-    ``blake2b(patient_id, key=salt, digest_size=8)``; the raw identifier cannot be recovered,
-    and equal identifiers give equal keys under the same salt, so patient-grouped splits work.
+    ``blake2b(patient_id, key=sha256(salt), digest_size=8)``: equal identifiers give equal keys
+    under the same salt (so grouped splits and manifests built on different days agree), and
+    the identifier is not written anywhere.
+
+    What it protects against, and what it does not:
+
+    - With a **secret** salt (``salt=`` or ``$CXR_EMBED_SALT``, e.g. ``secrets.token_hex(16)``,
+      kept out of every output), someone holding only the keys (a manifest, a store, a report)
+      cannot recover PatientIDs, nor link the keys to another project's.
+    - With the **public** :data:`DEFAULT_SALT` it protects nothing: PatientIDs are short and
+      structured, so anyone can hash every candidate (all 7-digit ids take about a second) and
+      read the identifier back. Using it therefore emits a ``UserWarning``.
+    - Never: re-identification from the image itself or from other metadata (age, sex, dates,
+      burned-in text), or by anyone who has the salt. This is pseudonymisation, not anonymisation.
 
     Parameters
     ----------
     patient_id : str or None
         The raw *PatientID*; empty or ``None`` gives ``None``.
     salt : str, optional
-        Default: ``$CXR_EMBED_SALT`` when set, else :data:`DEFAULT_SALT` (not secret).
+        The project's secret. Default: ``$CXR_EMBED_SALT`` when set, else :data:`DEFAULT_SALT`
+        with a warning (keys are then reversible).
 
     Returns
     -------
     str or None
+
+    Warns
+    -----
+    UserWarning
+        When the public :data:`DEFAULT_SALT` is used (by default, when neither ``salt=`` nor
+        ``$CXR_EMBED_SALT`` is given, or when it is passed explicitly).
 
     Examples
     --------
@@ -254,6 +275,12 @@ def patient_key(patient_id: Any, salt: str | None = None) -> str | None:
         return None
     if salt is None:
         salt = os.environ.get("CXR_EMBED_SALT") or DEFAULT_SALT
+    if str(salt) == DEFAULT_SALT:
+        warnings.warn("patient_key uses the public DEFAULT_SALT: these keys can be reversed by brute force "
+                      "(a 7-digit PatientID in about a second), so they are not pseudonyms; fix: set a secret "
+                      "salt per project with salt= or the environment variable CXR_EMBED_SALT (e.g. "
+                      "python -c 'import secrets; print(secrets.token_hex(16))'), and keep it out of outputs",
+                      UserWarning, stacklevel=2)
     key = hashlib.sha256(str(salt).encode("utf-8")).digest()  # any salt length -> 32-byte key
     return hashlib.blake2b(str(patient_id).strip().encode("utf-8"), key=key, digest_size=8).hexdigest()
 
