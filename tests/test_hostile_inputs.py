@@ -474,7 +474,7 @@ def _ids(cases):
 
 # ----------------------------------------------------------------------------- reading
 def test_corpus_is_big_enough(corpus):
-    assert len(corpus) >= 60
+    assert len(corpus) >= 90
     assert len({c.name for c in corpus}) == len(corpus)
     assert len({c.exc for c in corpus}) >= 12  # every family of failure is represented
 
