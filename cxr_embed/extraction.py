@@ -48,7 +48,7 @@ class ExtractionReport:
     n_cached : int
         Images skipped because the store already held them.
     n_failed : int
-        Images that could not be read or prepared (absent from the store).
+        Images that could not be read, prepared or embedded (absent from the store).
     failures : list of (image_id, path, reason)
     seconds : float
         Wall time of the run.
@@ -436,7 +436,7 @@ def _run(todo, ids, paths, backbone, w, report, batch_size, n_workers, executor,
                                     "non-finite values (NaN/inf) for this image; it was not stored"))
         keep = [ids[idx] for idx in batch_idx]
         if not finite.all():
-            keep = [k for k, ok in zip(keep, finite) if ok]
+            keep = [k for k, ok in zip(keep, finite, strict=True) if ok]
             X = X[finite]
         if keep:
             w.append(keep, X)

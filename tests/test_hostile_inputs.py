@@ -11,7 +11,6 @@ docs/errors.md.
 from __future__ import annotations
 
 import io
-import math
 import os
 import socket
 import stat
@@ -367,6 +366,7 @@ def build_corpus(folder: Path) -> list[Case]:
     (folder / "a_directory.png").mkdir()
     add("directory", folder / "a_directory.png", ImageNotFoundError)
     add("missing", folder / "missing.dcm", ImageNotFoundError)
+    add("path_with_nul_byte", folder / "bad\0name.png", ImageNotFoundError)
     (folder / "plain.txt").write_text("x")
     add("file_as_parent_directory", folder / "plain.txt" / "x.png", ImageNotFoundError)
     if not IS_ROOT:  # root reads anything
@@ -680,7 +680,7 @@ def _extract_folder(corpus, tmp_path):
     bad = [c for c in corpus if not c.kwargs]
     items: list[tuple[str, str, bool]] = []
     gi = iter(good)
-    for i, case in enumerate(bad):
+    for case in bad:
         g = next(gi, None)
         if g is not None:
             items.append((f"good:{g.name}", str(g), True))

@@ -96,6 +96,8 @@ def _check_file(path: Path) -> os.stat_result:
     """
     try:
         st = os.stat(path)
+    except ValueError as e:  # e.g. an embedded NUL byte: no file can have that name
+        raise ImageNotFoundError(path, f"is not a valid file name ({e}); fix: check the path (and the manifest)") from e
     except FileNotFoundError as e:
         what = ("is a symbolic link to a missing file" if os.path.islink(path)
                 else "no such file")
