@@ -26,8 +26,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .exceptions import ManifestError, MissingDependencyError
-from .io.dicom import DEFAULT_MAX_PIXELS, _check_max_pixels
+from cxr_embed.exceptions import MissingDependencyError
+from cxr_embed.io.dicom import DEFAULT_MAX_PIXELS, _check_max_pixels
+
+from .exceptions import ImageReadError, ManifestError
 from .store import EmbeddingStore
 
 __all__ = ["extract", "ExtractionReport", "default_workers"]
@@ -146,9 +148,11 @@ def _decode_chunk(items: list[tuple[int, str]], prepare, max_pixels=DEFAULT_MAX_
                 raise ValueError("the prepared image has non-finite values (NaN/inf) after prepare; "
                                  "fix: check the backbone's prepare function")
             out.append((idx, arr, None))
+        except ImageReadError as e:  # the named reading errors: the message starts with the path
+            out.append((idx, None, _reason(e)))
         except MissingDependencyError:
             raise
-        except Exception as e:  # noqa: BLE001 - one bad image never stops the batch job; it is reported
+        except Exception as e:  # noqa: BLE001 - anything else one image causes: reported, never fatal
             out.append((idx, None, _reason(e)))
     return out
 
