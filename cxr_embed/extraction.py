@@ -130,14 +130,15 @@ def _as_items(manifest_or_paths) -> tuple[list[str], list[str]]:
 
 
 # ---------------------------------------------------------------- workers
-def _decode_chunk(items: list[tuple[int, str]], prepare, max_pixels=DEFAULT_MAX_PIXELS) -> list[tuple[int, Any, str | None]]:
+def _decode_chunk(items: list[tuple[int, str]], prepare,
+                  max_pixels=DEFAULT_MAX_PIXELS) -> list[tuple[int, Any, str | None]]:
     """Read and prepare each (index, path); return (index, array or None, failure reason).
 
     Any exception while reading or preparing one image (a named ``ImageReadError``, or anything a
     decoder or a custom ``prepare`` raises, ``MemoryError`` included) fails that image only. A
     missing dependency fails every image alike, so it stops the run instead.
     """
-    from .io.images import read_image
+    from cxr_embed.io.images import read_image
 
     out = []
     for idx, path in items:
