@@ -26,10 +26,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from cxr_embed.exceptions import MissingDependencyError
+from cxr_embed.exceptions import ImageReadError, ManifestError, MissingDependencyError
 from cxr_embed.io.dicom import DEFAULT_MAX_PIXELS, _check_max_pixels
 
-from .exceptions import ImageReadError, ManifestError
 from .store import EmbeddingStore
 
 __all__ = ["extract", "ExtractionReport", "default_workers"]
