@@ -17,8 +17,8 @@ import numpy as np
 
 from ..exceptions import (ConstantImageError, CxrEmbedError, ImageDecodeError, ImageReadError, ImageTooLargeError,
                           MultiFrameError, NonFiniteImageError)
-from .dicom import (DEFAULT_MAX_PIXELS, VOI_MODES, _budget_error, _check_file, _check_max_pixels, is_dicom,
-                    read_dicom)
+from ._guards import _budget_error, _check_file, _check_max_pixels
+from .dicom import DEFAULT_MAX_PIXELS, VOI_MODES, is_dicom, read_dicom
 
 __all__ = ["read_image"]
 
