@@ -152,7 +152,9 @@ def _decode_chunk(items: list[tuple[int, str]], prepare,
             out.append((idx, None, _reason(e)))
         except MissingDependencyError:
             raise
-        except Exception as e:  # noqa: BLE001 - anything else one image causes: reported, never fatal
+        except BaseException as e:  # noqa: BLE001 - anything else one image causes (even a native decoder's
+            if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):  # panic) is reported, never fatal
+                raise
             out.append((idx, None, _reason(e)))
     return out
 

@@ -28,7 +28,9 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom import config as dicom_config
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, generate_fragments
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
@@ -389,8 +391,16 @@ def build_corpus(folder: Path) -> list[Case]:
     (folder / "preamble_only.dcm").write_bytes(b"\0" * 128 + b"DICM\x02\x00")
     add("dicom_preamble_only", folder / "preamble_only.dcm", ImageDecodeError)
     garbage = _dcm(d("jpeg_syntax_garbage"), good, bits_stored=12, ts=JPEGBaseline8Bit,
-                   pixel_bytes=pydicom.encaps.encapsulate([b"\xff\xd8 not a jpeg stream \xff\xd9"]))
+                   pixel_bytes=encapsulate([b"\xff\xd8 not a jpeg stream \xff\xd9"]))
     add("jpeg_syntax_garbage_fragment", garbage, ImageDecodeError)
+    rle = Path(get_testdata_file("MR_small_RLE.dcm", download=False)).read_bytes()
+    fragment = next(f for f in generate_fragments(pydicom.dcmread(io.BytesIO(rle)).PixelData)
+                    if len(f) > 64)
+    second_segment = struct.unpack("<16I", fragment[:64])[2]
+    overrun = bytearray(rle)
+    overrun[rle.find(fragment) + second_segment] = 0x7F  # a 128-byte literal run past the segment's end
+    (folder / "rle_segment_overrun.dcm").write_bytes(bytes(overrun))
+    add("rle_segment_overrun_panics_decoder", folder / "rle_segment_overrun.dcm", ImageDecodeError)  # pyo3 panic
     add("unknown_transfer_syntax", _dcm(d("unknown_transfer_syntax"), good, bits_stored=12, ts="1.2.3.4.5.6"),
         ImageDecodeError)
     add("dicom_header_without_pixel_data", _dcm(d("dicom_header_without_pixel_data"), good, drop=("PixelData",),
@@ -597,6 +607,45 @@ def test_fifo_is_never_opened(tmp_path):
     assert time.perf_counter() - t0 < 2
 
 
+def test_byte_flip_fuzz_never_leaks_a_builtin_nor_bad_pixels(tmp_path):
+    """Random byte flips and cuts of valid DICOM (native, RLE, JPEG-LS), PNG, JPEG and TIFF files:
+    each either reads as a finite, non-constant image in [0, 1] or raises a CxrEmbedError."""
+    seeds = {"dcm": _dcm(tmp_path / "seed.dcm", _ramp(32, 32), bits_stored=12, WindowCenter=2000,
+                         WindowWidth=3000).read_bytes()}
+    for name in ("MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm"):
+        seeds[name] = Path(get_testdata_file(name, download=False)).read_bytes()
+    for fmt, arr in (("PNG", _ramp(32, 32, 255, np.uint8)), ("JPEG", _ramp(32, 32, 255, np.uint8)),
+                     ("TIFF", _ramp(32, 32))):
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format=fmt)
+        seeds[fmt] = buf.getvalue()
+    rng = np.random.default_rng(2024)
+    leaks, n_read = [], 0
+    for name, data in seeds.items():
+        for k in range(40):
+            mutated = bytearray(data)
+            for _ in range(int(rng.integers(1, 6))):
+                mutated[int(rng.integers(0, len(mutated)))] = int(rng.integers(0, 256))
+            if rng.random() < 0.2:
+                mutated = mutated[: int(rng.integers(1, len(mutated)))]
+            path = tmp_path / f"{name}_{k}.bin"
+            path.write_bytes(bytes(mutated))
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    image, _ = read_image(path)
+            except CxrEmbedError as e:
+                assert str(path) in str(e)
+                continue
+            except BaseException as e:  # noqa: BLE001 - what must never happen
+                leaks.append(f"{path.name}: {type(e).__name__}: {e}")
+                continue
+            n_read += 1
+            assert np.isfinite(image).all() and 0.0 <= image.min() < image.max() <= 1.0, path.name
+    assert not leaks, "\n".join(leaks)
+    assert n_read > 0  # some mutations land in pixel values and still read
+
+
 # ----------------------------------------------------------------------------- good files stay good
 def _good_files(folder: Path) -> list[Path]:
     """Files that must read: the radiological variants the checks must not reject."""
@@ -741,6 +790,10 @@ def test_extract_survives_every_bad_file(corpus, tiny_backbone, tmp_path, mode):
     assert {f[0] for f in again.failures} == bad_ids
 
 
+class _Panic(BaseException):
+    """Like pyo3's PanicException (raised by Rust decoders): a BaseException, not an Exception."""
+
+
 class _PrepareBackbone:
     """Wrap a backbone with a custom ``prepare`` that misbehaves on chosen images (thread path)."""
 
@@ -771,6 +824,8 @@ def test_extract_any_exception_in_prepare_or_after_is_a_failure(tiny_backbone, t
             raise KeyError("custom prepare blew up")
         elif image.shape == sizes[paths[5]]:
             return out[:10]  # wrong shape
+        elif image.shape == sizes[paths[6]]:
+            raise _Panic("a native extension panicked")  # not even an Exception
         return out
 
     assert len(set(sizes.values())) == len(paths)  # shapes identify the images
@@ -778,8 +833,9 @@ def test_extract_any_exception_in_prepare_or_after_is_a_failure(tiny_backbone, t
     report = cxr_embed.extract(paths, bb, tmp_path / "p.h5", batch_size=3, workers=workers, executor="thread",
                                progress=False)
     failed = {f[0]: f[2] for f in report.failures}
-    assert set(failed) == {paths[1], paths[3], paths[5]}
+    assert set(failed) == {paths[1], paths[3], paths[5], paths[6]}
     assert "non-finite" in failed[paths[1]] and "KeyError" in failed[paths[3]] and "shape" in failed[paths[5]]
+    assert "_Panic" in failed[paths[6]]
     stored = set(cxr_embed.EmbeddingStore(tmp_path / "p.h5").ids(bb).tolist())
     assert stored == set(paths) - set(failed)
 

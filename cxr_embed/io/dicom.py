@@ -496,8 +496,10 @@ def _read_pixels(ds, path: Path, st: os.stat_result, *, voi, window, frame, salt
     pi = geometry["photometric"]
     try:
         arr = pixel_array(ds, index=index if n_frames > 1 else None)
-    except Exception as e:  # noqa: BLE001 - decoder errors come in many types; all mean "cannot decode"
-        if isinstance(e, CxrEmbedError):
+    except BaseException as e:  # noqa: BLE001 - decoder errors come in many types; all mean "cannot decode"
+        # BaseException: a Rust decoder's panic (pyo3's PanicException, e.g. pylibjpeg-rle on an
+        # overrunning segment) is not an Exception; only an interrupt or an exit must pass through
+        if isinstance(e, (CxrEmbedError, KeyboardInterrupt, SystemExit, GeneratorExit)):
             raise
         ts = meta["transfer_syntax"]
         fix = "the file may be truncated or corrupt: re-copy or re-export it"
