@@ -13,6 +13,15 @@ __all__ = [
     "ImageNotFoundError",
     "NoPixelDataError",
     "MultiFrameError",
+    "NotRegularFileError",
+    "ImageAccessError",
+    "ImageDecodeError",
+    "InvalidHeaderError",
+    "HeaderMismatchError",
+    "InvalidLUTError",
+    "NonFiniteImageError",
+    "ConstantImageError",
+    "ImageTooLargeError",
     "ManifestError",
     "MissingFilesError",
     "BackboneError",
@@ -62,6 +71,47 @@ class NoPixelDataError(ImageReadError):
 
 class MultiFrameError(ImageReadError):
     """A multi-frame DICOM was read without choosing ``frame=``."""
+
+
+class NotRegularFileError(ImageReadError):
+    """The path is not a regular file (a FIFO, socket, device or symlink loop); it is never opened."""
+
+
+class ImageAccessError(ImageReadError, PermissionError):
+    """The file exists but may not be read (permissions)."""
+
+
+class ImageDecodeError(ImageReadError):
+    """The bytes could not be decoded: a truncated or corrupt file, or the decoder itself failed.
+
+    Any exception of pydicom, Pillow or numpy while decoding one file ends up as this class (chained
+    with ``from``), never as a bare ``IndexError``, ``struct.error`` or ``MemoryError``.
+    """
+
+
+class InvalidHeaderError(ImageReadError):
+    """A header value is impossible (Rows <= 0, BitsStored > BitsAllocated, unknown
+    PhotometricInterpretation, SamplesPerPixel that does not fit the photometric interpretation)."""
+
+
+class HeaderMismatchError(InvalidHeaderError):
+    """The header disagrees with the pixel data it describes (e.g. Rows x Columns vs the bytes present)."""
+
+
+class InvalidLUTError(ImageReadError):
+    """A Modality LUT, rescale, VOI LUT or window is malformed, zero or not finite."""
+
+
+class NonFiniteImageError(ImageReadError):
+    """Pixels are NaN or infinite (float pixel data, or a rescale that overflows)."""
+
+
+class ConstantImageError(ImageReadError):
+    """Every pixel has the same value after the VOI step: the image carries no information."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """The header declares more pixels than the ``max_pixels`` budget (checked before decoding)."""
 
 
 # --- manifests -------------------------------------------------------------

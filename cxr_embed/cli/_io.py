@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from typing import Any
 
 # cxr_embed.io.manifest.FORMATS, spelled out so that building the parser imports no pandas
@@ -75,7 +76,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {"voi": args.voi, "frame": args.frame}
     if args.window is not None:
         kwargs["window"] = tuple(args.window)
-    image, meta = cxr_embed.read_image(args.file, **kwargs)
+    try:
+        image, meta = cxr_embed.read_image(args.file, **kwargs)
+    except cxr_embed.CxrEmbedError:
+        raise  # a bad file: main() prints its one-line message
+    except (ValueError, TypeError) as e:  # a bad --voi / --window value, not a bad file
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     image = np.asarray(image)
     summary = {
         "file": str(args.file),
