@@ -113,7 +113,7 @@ def test_float16_and_self_description(bb, tmp_path):
         with store.writer(bb, dtype="float32"):
             pass
     with h5py.File(store.path, "r") as f:
-        assert f.attrs["format"] == FORMAT and int(f.attrs["format_version"]) == 1
+        assert f.attrs["format"] == FORMAT and int(f.attrs["format_version"]) == 2
         for key in ("library_version", "created", "updated"):
             assert f.attrs[key]
         g = f[f"embeddings/{bb.fingerprint}"]
@@ -123,6 +123,9 @@ def test_float16_and_self_description(bb, tmp_path):
         e = g["embeddings"]
         assert e.dtype == np.float16 and e.chunks is not None and e.compression == "lzf"
         assert e.maxshape == (None, bb.dim) and g["ids"].maxshape == (None,)
+        assert e.fletcher32 and len(g.attrs["attrs_sha256"]) == 64
+        seg = g["segments"][()]
+        assert seg["start"].tolist() == [0] and seg["stop"].tolist() == [7] and len(seg["rows_sha256"][0]) == 64
         assert h5py.check_string_dtype(g["ids"].dtype).encoding == "utf-8"
 
 
