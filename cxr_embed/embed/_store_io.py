@@ -31,7 +31,8 @@ import numpy as np
 
 from .._utils import stable_json
 from .._version import __version__
-from ..exceptions import CxrEmbedError, FingerprintMismatchError, StoreCorruptError, StoreError, StoreWriteError
+from ..exceptions import (CxrEmbedError, FingerprintMismatchError, StoreCorruptError, StoreError, StoreInputError,
+                          StoreWriteError)
 
 __all__: list[str] = []
 
@@ -287,10 +288,14 @@ def check_shapes(path, g, store_path) -> int:
     return int(n)
 
 
-def check_attrs(path, g, store_path, *, journal: bool = False) -> None:
+def check_attrs(path, g, store_path, *, journal: bool = False, required: bool = False) -> None:
+    """Compare ``attrs_sha256`` with the identity attributes; ``required`` for format 2 (else skipped if absent)."""
     recorded = attr_str(g.attrs.get("attrs_sha256"))
+    hint = journal_hint(store_path, path) if journal else repair_hint(store_path)
+    if recorded is None and required:
+        raise StoreCorruptError(f"{path}: {g.name!r} lacks its attrs_sha256 checksum (format version 2 records "
+                                f"it); {hint}")
     if recorded is not None and recorded != attrs_digest(g.attrs):
-        hint = journal_hint(store_path, path) if journal else repair_hint(store_path)
         raise StoreCorruptError(f"{path}: the attributes of {g.name!r} (fingerprint, config, dim, dtype, count, "
                                 f"compute) do not match their recorded SHA-256: they were altered or damaged; {hint}")
 
@@ -331,6 +336,13 @@ def check_rows(path, g, X: np.ndarray, dtype: str, seg, store_path) -> None:
 
 def check_journal_digests(path, j, ids: np.ndarray, X: np.ndarray | None, store_path) -> None:
     rec_ids = attr_str(j.attrs.get("ids_sha256"))
+    try:
+        version = int(j.attrs.get("format_version", 1))
+    except (TypeError, ValueError):
+        version = 0
+    if version >= 2 and (rec_ids is None or j.attrs.get("rows_sha256") is None):
+        raise StoreCorruptError(f"{path}: journal batch of format version {version} lacks its ids/rows checksums; "
+                                f"{journal_hint(store_path, path)}")
     if rec_ids is not None and rec_ids != ids_digest(ids.tolist()):
         raise StoreCorruptError(f"{path}: the ids of this journal batch do not match their recorded SHA-256; "
                                 f"{journal_hint(store_path, path)}")
@@ -356,6 +368,34 @@ def root_attrs(f, *, new: bool) -> None:
     if tf is not None and getattr(tf, "__version__", None):
         f.attrs["tensorflow_version"] = str(tf.__version__)
     f.attrs["updated"] = stamp
+
+
+def as_identity(backbone_or_fingerprint) -> tuple[str, str | None, int | None]:
+    """(fingerprint, config JSON or None, dim or None) of a backbone or a fingerprint string."""
+    if isinstance(backbone_or_fingerprint, str):
+        return backbone_or_fingerprint, None, None
+    try:
+        fp = str(backbone_or_fingerprint.fingerprint)
+    except AttributeError as e:
+        raise StoreInputError(
+            "expected a Backbone (an object with .fingerprint, .config and .dim) or a fingerprint string, "
+            f"got {type(backbone_or_fingerprint).__name__}"
+        ) from e
+    config = getattr(backbone_or_fingerprint, "config", None)
+    dim = getattr(backbone_or_fingerprint, "dim", None)
+    return fp, (stable_json(config) if config is not None else None), (int(dim) if dim is not None else None)
+
+
+def check_input_ids(ids) -> np.ndarray:
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise StoreInputError(f"ids must be a 1-D sequence of strings, got shape {arr.shape}")
+    out = np.asarray([str(i) for i in arr.tolist()], dtype=object).astype(str) if arr.size else np.asarray([], str)
+    bad = [i for i in out.tolist() if not i or "\x00" in i]
+    if bad:
+        raise StoreInputError(f"ids must be non-empty strings without NUL characters (HDF5 cuts a string at NUL), "
+                              f"got {bad[:5]!r}; fix: clean the image ids of the manifest")
+    return out
 
 
 # Config entries that describe where a backbone came from, not which function it is: a Keras

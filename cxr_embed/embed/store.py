@@ -60,6 +60,8 @@ from ._store_io import (FORMAT, FORMAT_VERSION, attr_str, attrs_digest, check_at
                         journal_hint, open_lock, read_ids, read_rows, read_segments, reading, refuse_symlink,
                         repair_hint, writing)
 from ._store_io import GROUP as _GROUP
+from ._store_io import as_identity as _as_identity
+from ._store_io import check_input_ids as _check_ids
 from ._store_io import JOURNAL_FORMAT as _JOURNAL_FORMAT
 from ._store_io import append_rows as _append_rows
 from ._store_io import compute_list as _compute_list
@@ -75,34 +77,6 @@ logger = logging.getLogger(__name__)
 
 _DTYPES = ("float32", "float16")
 _COMPRESSIONS = ("gzip", "lzf", None)
-
-
-def _as_identity(backbone_or_fingerprint) -> tuple[str, str | None, int | None]:
-    """(fingerprint, config JSON or None, dim or None) of a backbone or a fingerprint string."""
-    if isinstance(backbone_or_fingerprint, str):
-        return backbone_or_fingerprint, None, None
-    try:
-        fp = str(backbone_or_fingerprint.fingerprint)
-    except AttributeError as e:
-        raise StoreInputError(
-            "expected a Backbone (an object with .fingerprint, .config and .dim) or a fingerprint string, "
-            f"got {type(backbone_or_fingerprint).__name__}"
-        ) from e
-    config = getattr(backbone_or_fingerprint, "config", None)
-    dim = getattr(backbone_or_fingerprint, "dim", None)
-    return fp, (stable_json(config) if config is not None else None), (int(dim) if dim is not None else None)
-
-
-def _check_ids(ids) -> np.ndarray:
-    arr = np.asarray(ids)
-    if arr.ndim != 1:
-        raise StoreInputError(f"ids must be a 1-D sequence of strings, got shape {arr.shape}")
-    out = np.asarray([str(i) for i in arr.tolist()], dtype=object).astype(str) if arr.size else np.asarray([], str)
-    bad = [i for i in out.tolist() if not i or "\x00" in i]
-    if bad:
-        raise StoreInputError(f"ids must be non-empty strings without NUL characters (HDF5 cuts a string at NUL), "
-                              f"got {bad[:5]!r}; fix: clean the image ids of the manifest")
-    return out
 
 
 class EmbeddingStore:
@@ -185,9 +159,18 @@ class EmbeddingStore:
         try:
             with h5py().File(self.path, "r") as f:
                 return self._check_root(f)
-        except OSError as e:
-            raise StoreError(f"{self.path}: not a readable HDF5 file ({e}); fix: point to a store written by "
-                             f"cxr_embed; if it was one, it is damaged beyond repair: re-extract it") from e
+        except (OSError, RuntimeError, ValueError) as e:
+            if isinstance(e, StoreError):
+                raise
+            with open(self.path, "rb") as fh:
+                signature = fh.read(8)
+            if signature == b"\x89HDF\r\n\x1a\n":
+                raise StoreCorruptError(
+                    f"{self.path}: an HDF5 file too damaged to open ({e}), e.g. truncated; nothing in it can be "
+                    "verified; fix: move it away and extract again into a new store (rows still in its .journal "
+                    "folder are kept by the new run)") from e
+            raise StoreError(f"{self.path}: not an HDF5 file ({e}); fix: point to a store written by "
+                             "cxr_embed, or choose a new path (this file is never overwritten)") from e
 
     def _check_root(self, f) -> int:
         fmt = attr_str(f.attrs.get("format"))
@@ -237,7 +220,12 @@ class EmbeddingStore:
                     if g is None:
                         return None
                 check_group_identity(src, g.attrs, fingerprint, config, dim)
-                check_attrs(src, g, self.path, journal=journal)
+                if journal:
+                    version = int(g.attrs.get("format_version", 1)) if str(g.attrs.get("format_version", 1)).isdigit() else 0
+                    if version not in (1, 2):
+                        raise StoreCorruptError(f"{src}: journal batch of unknown format_version "
+                                                f"{g.attrs.get('format_version')!r}; {journal_hint(self.path, src)}")
+                check_attrs(src, g, self.path, journal=journal, required=version >= 2)
                 n = check_shapes(src, g, self.path)
                 if not journal:
                     seg = read_segments(src, g, n, self.path)
