@@ -596,3 +596,74 @@ def test_bad_input_is_a_store_input_error(case, tmp_path):
                     w.append(["a"], row[:, :-1])
     assert isinstance(e.value, ValueError) and isinstance(e.value, CxrEmbedError)
     assert store.load(BB)[1].tobytes() == X.tobytes()  # nothing stored, nothing lost
+
+
+# ----------------------------------------------------------------------------- disk full
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 640 KiB tmpfs (root only); skipped where it cannot be mounted."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=640k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.decode().strip() or r.returncode})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+# h5py reports the failed flush of the full disk a second time when it frees the file id
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_disk_full_is_a_store_write_error_and_resume_is_bit_identical(small_disk, tmp_path):
+    from cxr_embed.exceptions import StoreWriteError
+
+    dim = 256
+    bb = types.SimpleNamespace(fingerprint="diskfull", config={"name": "demo"}, dim=dim)
+    ids = [f"img{i:05d}" for i in range(1200)]
+    X_all = np.random.default_rng(1).standard_normal((len(ids), dim)).astype(np.float32)
+    store = EmbeddingStore(small_disk / "emb.h5")
+    with store.writer(bb) as w:  # a first session fits
+        w.append(ids[:32], X_all[:32])
+    done, error = 32, None
+    w = store.writer(bb).__enter__()
+    try:
+        for b in range(done, len(ids), 32):
+            w.append(ids[b : b + 32], X_all[b : b + 32])
+            done = b + 32
+    except StoreWriteError as e:
+        error = e
+    finally:
+        try:
+            w.close()  # compacting needs a copy of the main file: may not fit either
+        except StoreWriteError as e:
+            error = error or e
+    assert error is not None and done < len(ids), "the small disk never filled up"
+    assert type(error) is StoreWriteError and str(store.path) in str(error) and "disk is full" in str(error)
+    assert isinstance(error, OSError) and isinstance(error, CxrEmbedError)
+    got_ids, got = EmbeddingStore(store.path, "r").load(bb.fingerprint)  # every committed row is intact
+    assert got_ids.tolist() == ids[:done] and got.tobytes() == X_all[:done].tobytes()
+    assert EmbeddingStore(store.path, "r").verify().ok
+    assert not [p for p in small_disk.rglob(".*tmp")], "temporary files left on the full disk"
+    # move to a roomy disk and resume: the same bits as an uninterrupted run
+    roomy = tmp_path / "roomy"
+    roomy.mkdir()
+    shutil.copyfile(store.path, roomy / "emb.h5")
+    if store.journal_dir.exists():
+        shutil.copytree(store.journal_dir, roomy / "emb.h5.journal")
+    resumed = EmbeddingStore(roomy / "emb.h5")
+    with resumed.writer(bb) as w:
+        todo = [i for i in ids if i not in w.existing]
+        assert todo == ids[done:]
+        for b in range(0, len(todo), 32):
+            w.append(todo[b : b + 32], X_all[done + b : done + b + 32])
+    ref = EmbeddingStore(tmp_path / "ref.h5")
+    with ref.writer(bb) as w:
+        for b in range(0, len(ids), 32):
+            w.append(ids[b : b + 32], X_all[b : b + 32])
+    r_ids, r_X = resumed.load(bb.fingerprint)
+    f_ids, f_X = ref.load(bb.fingerprint)
+    assert r_ids.tolist() == f_ids.tolist() and r_X.tobytes() == f_X.tobytes()
+    assert resumed.verify().ok and not resumed.journal_dir.exists()
