@@ -476,7 +476,8 @@ def _bundle_file(path: Path, name: str, meta_path: Path) -> Path:
                                    "folder; refusing to read anything outside it")
     fpath = path / name
     if fpath.resolve().parent != path.resolve():
-        raise BundleIntegrityError(f"{meta_path}: file entry {name!r} resolves outside the bundle folder; refusing it")
+        raise BundleIntegrityError(f"{meta_path}: file entry {name!r} ({fpath}) resolves outside the bundle folder "
+                                   f"(a link to {fpath.resolve()}); refusing to read it")
     try:
         st = os.lstat(fpath)
     except FileNotFoundError as e:
