@@ -546,6 +546,9 @@ class EmbeddingStore:
         """
         if self.mode == "r":
             raise StoreError(f"{self.path}: store opened read-only (mode='r'); fix: open with mode='a' to repair")
+        if not os.path.lexists(self.path) and not self._journal_files():
+            raise StoreError(f"{self.path}: no such embedding store (and no journal); nothing to repair; fix: check "
+                             "the path")
         from ._store_check import repair_store
 
         return repair_store(self)
