@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import StoreCorruptError, StoreError, StoreLockedError
-from ._store_io import (GROUP, append_rows, attr_str, attrs_digest, check_dir, create_exclusive, decode, fsync_dir,
-                        fsync_file, h5py, ids_digest, read_ids, reading, refuse_symlink, root_attrs, rows_digest,
-                        writing)
+from ._store_io import (GROUP, append_rows, attr_str, attrs_digest, check_dir, check_free_space, create_exclusive,
+                        decode, fsync_dir, fsync_file, h5py, ids_digest, read_ids, reading, refuse_symlink, root_attrs,
+                        rows_digest, writing)
 
 __all__ = ["StoreReport"]
 
@@ -247,6 +247,7 @@ def _repair_main(store, actions: list[str]) -> None:
             actions.append("root attribute format_version was damaged: rewritten")
     if not damaged:
         return
+    check_free_space(store.path, 2 * store.path.stat().st_size + (256 << 10), "repairing")
     tmp = store.path.with_name(f".{store.path.name}.{uuid.uuid4().hex[:8]}.compact.tmp")
     create_exclusive(tmp, store.path, "temporary copy")
     with writing(tmp, store.path, "repairing", cleanup=[tmp]):

@@ -23,6 +23,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import stat
 import sys
 from pathlib import Path
@@ -186,6 +187,36 @@ def create_exclusive(path: Path, store_path, what: str) -> None:
         raise StoreError(f"{path}: the store's {what} already exists; fix: remove it if no writer is running "
                          f"(it is a leftover of {store_path})") from e
     os.close(fd)
+
+
+def write_new_file(path: Path, data, store_path, what: str) -> None:
+    """Write ``data`` to a new file at ``path`` (``O_EXCL | O_NOFOLLOW``) and fsync it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError as e:
+        refuse_symlink(path, store_path, what)
+        raise StoreError(f"{path}: the store's {what} already exists; fix: remove it if no writer is running") from e
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_free_space(store_path: Path, needed: int, what: str) -> None:
+    """Raise :class:`StoreWriteError` before writing when the store's disk has less than ``needed`` bytes free."""
+    try:
+        free = shutil.disk_usage(store_path.parent).free
+    except OSError:  # pragma: no cover - unknown: let the write itself tell
+        return
+    if free < needed:
+        raise StoreWriteError(
+            f"{store_path}: {what} needs about {needed / 2**20:.1f} MiB but the disk has {free / 2**20:.1f} MiB free "
+            "(the disk is full); every row committed before is intact (the journal keeps the rows not yet "
+            "compacted); fix: free disk space (or move the store and its .journal folder to a larger disk) and "
+            "resume the same extraction, which computes only the missing rows")
 
 
 def open_lock(path: Path, store_path) -> int:

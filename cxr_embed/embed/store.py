@@ -55,7 +55,7 @@ from .._utils import stable_json
 from ..exceptions import (MissingIdsError, StoreCorruptError, StoreError,
                           StoreInputError, StoreLockedError)
 from ._store_io import (FORMAT, FORMAT_VERSION, attr_str, attrs_digest, check_attrs, check_dir, check_group_identity,
-                        check_ids, ids_digest, rows_digest, str_dtype,
+                        check_free_space, check_ids, ids_digest, rows_digest, str_dtype, write_new_file,
                         check_journal_digests, check_rows, check_shapes, create_exclusive, fsync_dir, fsync_file, h5py,
                         journal_hint, open_lock, read_ids, read_rows, read_segments, reading, refuse_symlink,
                         repair_hint, writing)
@@ -638,11 +638,15 @@ class EmbeddingStore:
         for stale in self.path.parent.glob(f".{self.path.name}.*.compact.tmp"):
             stale.unlink(missing_ok=True)  # a compaction killed before its rename
 
-    def _rewrite(self, what: str, fill) -> None:
+    def _rewrite(self, what: str, fill, *, new_bytes: int) -> None:
         """Copy the main file to a temporary sibling, ``fill(f)`` it, fsync and atomically replace the main file.
 
-        Any failure leaves the main file exactly as it was (the copy is removed).
+        Any failure leaves the main file exactly as it was (the copy is removed). The free space is
+        checked first (copy plus ``new_bytes`` with a margin), so that a full disk is reported before
+        HDF5 writes anything: HDF5 cannot always recover from a write that fails inside it.
         """
+        size = self.path.stat().st_size if self.path.exists() else 0
+        check_free_space(self.path, size + 2 * new_bytes + (256 << 10), what)
         tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.compact.tmp")
         create_exclusive(tmp, self.path, "temporary copy")
         with writing(tmp, self.path, what, cleanup=[tmp]):
@@ -669,7 +673,7 @@ class EmbeddingStore:
                 ids, X, attrs = self._read_journal(jp)
                 _append_rows(f, attrs, ids, X, self.compression, source=jp, store_path=self.path)
 
-        self._rewrite("compacting the journal", fill)
+        self._rewrite("compacting the journal", fill, new_bytes=sum(jp.stat().st_size for jp in journal))
         for jp in journal:
             jp.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
@@ -786,26 +790,28 @@ class StoreWriter:
         self._seq += 1
         final = jdir / f"{self._seq:08d}.h5"
         tmp = jdir / f".{self._seq:08d}.{uuid.uuid4().hex[:6]}.h5.tmp"
+        import io
+
+        buf = io.BytesIO()  # built in memory: a full disk fails in os.write, never inside HDF5
+        with h5py().File(buf, "w") as j:
+            j.attrs["format"] = _JOURNAL_FORMAT
+            j.attrs["format_version"] = FORMAT_VERSION
+            j.attrs["fingerprint"] = self.fingerprint
+            j.attrs["config"] = self._config
+            j.attrs["dim"] = self.dim
+            j.attrs["dtype"] = self.dtype
+            j.attrs["count"] = int(ids.size)
+            j.attrs["created"] = _now()
+            if self._compute is not None:
+                j.attrs["compute"] = self._compute
+            j.attrs["attrs_sha256"] = attrs_digest(j.attrs)
+            j.attrs["ids_sha256"] = ids_digest(ids.tolist())
+            j.attrs["rows_sha256"] = rows_digest(X, self.dtype)
+            j.create_dataset("ids", data=ids.astype(object), dtype=str_dtype())
+            j.create_dataset("embeddings", data=X)
         with writing(tmp, self.store.path, "committing a batch", cleanup=[tmp]):
             jdir.mkdir(exist_ok=True)
-            create_exclusive(tmp, self.store.path, "journal batch")
-            with h5py().File(tmp, "w") as j:
-                j.attrs["format"] = _JOURNAL_FORMAT
-                j.attrs["format_version"] = FORMAT_VERSION
-                j.attrs["fingerprint"] = self.fingerprint
-                j.attrs["config"] = self._config
-                j.attrs["dim"] = self.dim
-                j.attrs["dtype"] = self.dtype
-                j.attrs["count"] = int(ids.size)
-                j.attrs["created"] = _now()
-                if self._compute is not None:
-                    j.attrs["compute"] = self._compute
-                j.attrs["attrs_sha256"] = attrs_digest(j.attrs)
-                j.attrs["ids_sha256"] = ids_digest(ids.tolist())
-                j.attrs["rows_sha256"] = rows_digest(X, self.dtype)
-                j.create_dataset("ids", data=ids.astype(object), dtype=str_dtype())
-                j.create_dataset("embeddings", data=X)
-            fsync_file(tmp)
+            write_new_file(tmp, buf.getbuffer(), self.store.path, "journal batch")
             refuse_symlink(final, self.store.path, "journal batch")
             os.replace(tmp, final)  # the commit point
             fsync_dir(jdir)
@@ -886,5 +892,5 @@ def merge(stores: Iterable, into) -> EmbeddingStore:
                 _append_rows(f, meta, ids, X.astype(attr_str(meta["dtype"])), dest.compression, source=src,
                              store_path=dest.path)
 
-        dest._rewrite("merging", fill)
+        dest._rewrite("merging", fill, new_bytes=sum(int(X.nbytes) + 64 * len(ids) for _, ids, X, _ in parts))
     return dest

@@ -214,6 +214,7 @@ def test_fit_with_a_bad_key_file_fails_before_fitting(site, tmp_path, capsys):
     assert not (s / "new").exists() and "images" not in out
 
 
+@pytest.mark.slow  # importing the saliency stack takes ~10 s
 def test_explain_refuses_a_signed_bundle_without_key(site, tmp_path, capsys, monkeypatch):
     pytest.importorskip("keras")
     monkeypatch.delenv(KEY_ENV, raising=False)
