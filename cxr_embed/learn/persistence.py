@@ -34,8 +34,8 @@ entry must be a plain name inside the bundle folder (a regular file, not a link)
 Bundles of format version 1 (no ``meta_sha256``) still load, with a warning.
 
 Overwriting: ``save_model(..., overwrite=True)`` replaces only a directory that is
-recognisably a bundle (a ``bundle.json`` of this format and nothing but the files it
-lists); anything else raises :class:`~cxr_embed.NotOurFileError` and is left alone.
+recognisably a bundle (a ``bundle.json`` of this format and nothing but the regular
+files save_model writes); anything else raises :class:`~cxr_embed.NotOurFileError` and is left alone.
 """
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ def save_model(path: Any, estimator: Any, *, labels: Sequence[str] | str, backbo
         Secret for an HMAC-SHA256 signature (see the module's trust boundary).
     overwrite : bool, default=False
         Replace an existing **bundle** at ``path``: a directory holding a ``bundle.json`` of this
-        format and nothing but the files it lists. Anything else is never deleted.
+        format and nothing but the files save_model writes. Anything else is never deleted.
 
     Returns
     -------
@@ -282,7 +282,8 @@ def save_model(path: Any, estimator: Any, *, labels: Sequence[str] | str, backbo
             meta["hmac"] = _signature(meta, key)
         (tmp / _META).write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
         if os.path.lexists(path):
-            _replace_bundle(path, tmp, _check_overwritable(path))
+            _check_overwritable(path)
+            _replace_bundle(path, tmp)
         else:
             tmp.rename(path)
     except BaseException:
@@ -292,7 +293,7 @@ def save_model(path: Any, estimator: Any, *, labels: Sequence[str] | str, backbo
     return path
 
 
-def _check_overwritable(path: Path) -> set[str]:
+def _check_overwritable(path: Path) -> None:
     """Raise :class:`NotOurFileError` unless ``path`` is recognisably a bundle (safe to replace)."""
     def refuse(why: str) -> None:
         raise NotOurFileError(f"{path}: {why}; refusing to overwrite it, since it is not recognisably a model "
@@ -310,18 +311,15 @@ def _check_overwritable(path: Path) -> set[str]:
         meta = None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         refuse(f"has no {_META} of format {FORMAT!r}")
-    listed = set(meta.get("files") or {}) if isinstance(meta.get("files"), dict) else set()
     foreign = []
-    for entry in os.scandir(path):
-        known = entry.name == _META or entry.name in listed or _KNOWN_NAME.match(entry.name)
-        if not known or entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+    for entry in os.scandir(path):  # only names save_model writes, as regular files (not what bundle.json lists)
+        if not _KNOWN_NAME.match(entry.name) or entry.is_symlink() or not entry.is_file(follow_symlinks=False):
             foreign.append(entry.name)
     if foreign:
         refuse(f"holds {len(foreign)} entries a bundle never has: {sorted(foreign)[:10]}")
-    return listed | {_META}
 
 
-def _replace_bundle(path: Path, new: Path, own: set[str]) -> None:
+def _replace_bundle(path: Path, new: Path) -> None:
     """Swap the bundle at ``path`` for ``new`` by renames, then delete only the old bundle's own files."""
     old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
     path.rename(old)
@@ -331,7 +329,7 @@ def _replace_bundle(path: Path, new: Path, own: set[str]) -> None:
         old.rename(path)
         raise
     for entry in os.scandir(old):  # only the old bundle's own regular files
-        if (entry.name in own or _KNOWN_NAME.match(entry.name)) and entry.is_file(follow_symlinks=False):
+        if _KNOWN_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
             os.unlink(entry.path)
     try:
         os.rmdir(old)

@@ -246,6 +246,13 @@ def planted(kind):
             (target / "runs").mkdir()
             (target / "runs" / "a.csv").write_text("x")
             keep = target / "runs" / "a.csv"
+        elif kind == "bundle.json listing a user file":
+            bundle(folder, "out")
+            (target / "thesis.tex").write_text("three years")
+            meta = meta_of(target)
+            meta["files"]["thesis.tex"] = hashlib.sha256(b"three years").hexdigest()
+            write_meta(target, meta, rehash=True)
+            keep = target / "thesis.tex"
         else:  # a bundle whose estimator is a link to a user file
             bundle(folder, "out")
             user = folder / "user.bin"
@@ -259,7 +266,8 @@ def planted(kind):
 
 @pytest.mark.parametrize("kind", ["thesis folder", "file", "symlink to a folder", "empty folder",
                                   "folder with a foreign bundle.json", "bundle plus a user file",
-                                  "bundle plus a subfolder", "bundle with a linked file"])
+                                  "bundle plus a subfolder", "bundle with a linked file",
+                                  "bundle.json listing a user file"])
 def test_overwrite_refuses_what_is_not_a_bundle(kind, tmp_path):
     target, keep = planted(kind)(tmp_path)
     before = keep.read_bytes() if keep.is_file() else None
