@@ -30,8 +30,12 @@ __all__ = [
     "FingerprintMismatchError",
     "StoreLockedError",
     "MissingIdsError",
+    "StoreCorruptError",
+    "StoreWriteError",
+    "StoreInputError",
     "LeakageError",
     "BundleIntegrityError",
+    "NotOurFileError",
     "MissingDependencyError",
 ]
 
@@ -149,6 +153,18 @@ class MissingIdsError(StoreError, LookupError):
     """Ids asked for are not in the store."""
 
 
+class StoreCorruptError(StoreError):
+    """What the store read back is damaged: an HDF5 error, a checksum or a length that disagrees."""
+
+
+class StoreWriteError(StoreError, OSError):
+    """Writing to the store failed (disk full, I/O error); rows committed before are intact."""
+
+
+class StoreInputError(StoreError, ValueError):
+    """Rows given to a store writer are malformed (shape, non-finite values, duplicate or bad ids)."""
+
+
 # --- statistics and models -------------------------------------------------
 class LeakageError(CxrEmbedError, ValueError):
     """A split puts the same patient on both sides."""
@@ -156,6 +172,10 @@ class LeakageError(CxrEmbedError, ValueError):
 
 class BundleIntegrityError(CxrEmbedError, ValueError):
     """A saved model bundle failed its integrity check or does not match the data."""
+
+
+class NotOurFileError(CxrEmbedError, FileExistsError):
+    """A path to overwrite holds something cxr_embed did not write (never deleted)."""
 
 
 class MissingDependencyError(CxrEmbedError, ImportError):
