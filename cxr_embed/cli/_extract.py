@@ -45,6 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--workers", type=int, default=None,
                    help="decoding worker processes (default: CPU count - 1, at most 8; 0 = in-process)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="refuse images whose header declares more pixels (default 100 megapixels)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16"], help="storage type of a new group")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -70,7 +72,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     manifest = cxr_embed.load_manifest(args.manifest)
     backbone = _backbone(args)
     report = cxr_embed.extract(manifest, backbone, args.store, batch_size=args.batch_size,
-                               workers=args.workers, progress=args.progress, dtype=args.dtype)
+                               workers=args.workers, progress=args.progress, dtype=args.dtype,
+                               **({} if args.max_pixels is None else {"max_pixels": args.max_pixels}))
     if args.json:
         d = dict(vars(report))
         d["failures"] = [list(f) for f in report.failures]

@@ -42,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--window", nargs=2, type=float, metavar=("CENTER", "WIDTH"),
                    help="explicit DICOM window centre and width")
     p.add_argument("--frame", type=int, default=None, help="frame index of a multi-frame DICOM")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="refuse images whose header declares more pixels (default 100 megapixels)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=_cmd_info)
 
@@ -74,6 +76,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import cxr_embed
 
     kwargs: dict[str, Any] = {"voi": args.voi, "frame": args.frame}
+    if args.max_pixels is not None:
+        kwargs["max_pixels"] = args.max_pixels
     if args.window is not None:
         kwargs["window"] = tuple(args.window)
     try:

@@ -117,7 +117,7 @@ def _budget_error(path: Path, n_pixels: int, max_pixels: int, what: str) -> Imag
         path, f"{what} = {n_pixels:,} pixels, more than the pixel budget max_pixels={max_pixels:,} "
               f"({max_pixels / 1e6:g} megapixels); nothing was decoded (a small file declaring a huge image "
               "is a decompression bomb); fix: if the image is genuine, pass a larger max_pixels= to "
-              "read_image/read_dicom/extract (max_pixels=None: no limit)")
+              "read_image/read_dicom/extract (max_pixels=None: no limit) or --max-pixels to cxr-embed info/extract")
 
 
 def _first(v):
