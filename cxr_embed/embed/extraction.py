@@ -217,6 +217,35 @@ def _pool_starts(ex: ProcessPoolExecutor, size, mode) -> bool:
         return False
 
 
+_CRASH_REASON = ("WorkerCrashError: the decoding worker process died while reading this file (a segmentation fault "
+                 "or an out-of-memory kill inside a native decoder); it was skipped and the run went on. Fix: look at "
+                 "the file with `cxr-embed info FILE` (it decodes in that process, which may crash too), then "
+                 "re-export or remove it")
+
+
+class _ProcessPool:
+    """Spawned decoding workers that can be replaced when one dies.
+
+    Calling it submits a chunk (a future of ``_read_and_prepare``); :meth:`respawn` replaces a pool
+    broken by a worker's death (``BrokenProcessPool``), so that :func:`_stream` can find the file
+    that killed it and go on.
+    """
+
+    def __init__(self, workers: int, ctx, args: tuple):
+        self._workers, self._ctx, self._args = workers, ctx, args
+        self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+    def __call__(self, items):
+        return self.executor.submit(_read_and_prepare, items, *self._args)
+
+    def respawn(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor = ProcessPoolExecutor(max_workers=self._workers, mp_context=self._ctx)
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        self.executor.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
 def _make_executor(kind: str, workers: int, backbone, max_pixels=DEFAULT_MAX_PIXELS):
     """(executor or None, task callable taking a list of (index, path))."""
     if workers == 0:
@@ -225,14 +254,11 @@ def _make_executor(kind: str, workers: int, backbone, max_pixels=DEFAULT_MAX_PIX
         spec = _picklable_prepare(backbone)
         if spec is not None:
             ctx = multiprocessing.get_context("spawn")  # never fork a process that runs TensorFlow
-            ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
             size, mode = spec
-            if _pool_starts(ex, size, mode):
-
-                def task(items, _ex=ex):
-                    return _ex.submit(_read_and_prepare, items, size, mode, max_pixels)
-
-                return ex, task
+            pool = _ProcessPool(workers, ctx, (size, mode, max_pixels))
+            if _pool_starts(pool.executor, size, mode):
+                return pool, pool
+            ex = pool.executor
             ex.shutdown(wait=False, cancel_futures=True)
             if kind == "process":
                 raise RuntimeError(
@@ -263,8 +289,13 @@ def _make_executor(kind: str, workers: int, backbone, max_pixels=DEFAULT_MAX_PIX
     return ex, task
 
 
-def _stream(items: list[tuple[int, str]], executor: Executor | None, task, chunk: int, window: int) -> Iterator:
-    """Yield (index, array or None, reason) in input order, at most ``window`` chunks in flight."""
+def _stream(items: list[tuple[int, str]], executor: Any, task, chunk: int, window: int) -> Iterator:
+    """Yield (index, array or None, reason) in input order, at most ``window`` chunks in flight.
+
+    When a worker process dies (``BrokenProcessPool``), the chunks in flight are decoded again one
+    file at a time in fresh pools: the file that kills its worker again is reported as a failure, the
+    others are decoded, and the run goes on.
+    """
     chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
     if executor is None:
         for c in chunks:
@@ -272,19 +303,47 @@ def _stream(items: list[tuple[int, str]], executor: Executor | None, task, chunk
         return
     pending: collections.deque = collections.deque()
     it = iter(chunks)
-    for c in it:
-        pending.append(task(c))
-        if len(pending) >= window:
-            break
+
+    def fill():
+        while len(pending) < window:
+            c = next(it, None)
+            if c is None:
+                return
+            try:
+                pending.append((c, task(c)))
+            except BrokenProcessPool:  # the pool broke since the last result: redo from here
+                pending.append((c, None))
+
+    fill()
     while pending:
-        fut = pending.popleft()
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append(task(nxt))
-        for idx, arr, reason in fut.result():
+        c, fut = pending.popleft()
+        try:
+            if fut is None:
+                raise BrokenProcessPool("the pool was already broken")
+            results = fut.result()
+        except BrokenProcessPool:
+            if not hasattr(task, "respawn"):
+                raise
+            redo = [c, *(pc for pc, _ in pending)]
+            pending.clear()
+            results = list(_isolate([item for ch in redo for item in ch], task))
+        fill()
+        for idx, arr, reason in results:
             if arr is not None and arr.ndim == 2:  # one channel from a worker process: back to (h, w, 3)
                 arr = np.repeat(arr[:, :, None], 3, axis=2)
             yield idx, arr, reason
+
+
+def _isolate(items: list[tuple[int, str]], task) -> Iterator:
+    """Decode ``items`` one per task in a fresh pool; a file whose worker dies again is a failure."""
+    task.respawn()
+    for item in items:
+        try:
+            yield from task([item]).result()
+        except BrokenProcessPool:
+            logger.warning("decoding %s killed its worker process; skipped", item[1])
+            yield item[0], None, _CRASH_REASON
+            task.respawn()
 
 
 def _accepts_batch_size(fn) -> bool:
