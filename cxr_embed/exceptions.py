@@ -34,6 +34,7 @@ __all__ = [
     "StoreWriteError",
     "StoreInputError",
     "LeakageError",
+    "InvalidInputError",
     "BundleIntegrityError",
     "NotOurFileError",
     "MissingDependencyError",
@@ -168,6 +169,10 @@ class StoreInputError(StoreError, ValueError):
 # --- statistics and models -------------------------------------------------
 class LeakageError(CxrEmbedError, ValueError):
     """A split puts the same patient on both sides."""
+
+
+class InvalidInputError(CxrEmbedError, ValueError):
+    """An array or option given to an analysis is malformed (shape, NaN/inf, unknown choice)."""
 
 
 class BundleIntegrityError(CxrEmbedError, ValueError):

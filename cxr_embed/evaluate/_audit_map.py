@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ..exceptions import InvalidInputError
 from .._utils import require
 
 __all__ = ["MAP_METHODS", "embedding_map", "plot_map"]
@@ -58,7 +59,7 @@ def embedding_map(X: ArrayLike, *, method: str = "pca", random_state: int | None
     from sklearn.decomposition import PCA
 
     if method not in MAP_METHODS:
-        raise ValueError(f"method must be one of {MAP_METHODS}; got {method!r}")
+        raise InvalidInputError(f"method must be one of {MAP_METHODS}; got {method!r}")
     X = np.asarray(X, dtype=np.float32)
     if method == "auto":
         import importlib.util

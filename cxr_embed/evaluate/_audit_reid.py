@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from ..exceptions import InvalidInputError
+
 __all__ = ["reidentification"]
 
 _COLUMNS = ["k", "rate", "ci_low", "ci_high", "chance", "lift", "n_queries", "n_patients"]
@@ -93,10 +95,10 @@ def reidentification(
     X = np.asarray(X)
     g = np.asarray(groups).astype(str).ravel()
     if g.shape[0] != X.shape[0]:
-        raise ValueError(f"groups has {g.shape[0]} entries but X has {X.shape[0]} rows; pass one patient id per image")
+        raise InvalidInputError(f"groups has {g.shape[0]} entries but X has {X.shape[0]} rows; pass one patient id per image")
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
-        raise ValueError(f"ks must hold positive neighbour counts such as (1, 5); got {ks!r}")
+        raise InvalidInputError(f"ks must hold positive neighbour counts such as (1, 5); got {ks!r}")
     n = X.shape[0]
     _, codes, counts = np.unique(g, return_inverse=True, return_counts=True)
     codes = codes.ravel()

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from ..exceptions import LeakageError, ManifestError
+from ..exceptions import InvalidInputError, LeakageError, ManifestError
 from ._audit_map import MAP_METHODS, embedding_map, plot_map
 from ._audit_reid import reidentification
 from ._audit_stats import _SHORTCUT_COLUMNS, _encoded_table, _fmt, _shortcuts
@@ -238,7 +238,7 @@ def _folds(y: np.ndarray | None, groups: np.ndarray, cv: int, random_state: int)
 
     n_groups = len(np.unique(groups))
     if not isinstance(cv, (int, np.integer)) or cv < 2:
-        raise ValueError(f"cv must be an int >= 2 (number of patient-grouped folds); got {cv!r}")
+        raise InvalidInputError(f"cv must be an int >= 2 (number of patient-grouped folds); got {cv!r}")
     if n_groups < cv:
         raise ManifestError(f"{n_groups} patients cannot fill {cv} patient-grouped folds; fix: lower cv")
     dummy = np.zeros((groups.shape[0], 1))
@@ -414,17 +414,17 @@ def audit_embeddings(
                             f"{type(manifest).__name__}")
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[0] < 2:
-        raise ValueError(f"X must be a 2-D array (n_images, dim) with at least 2 rows; got shape {X.shape}")
+        raise InvalidInputError(f"X must be a 2-D array (n_images, dim) with at least 2 rows; got shape {X.shape}")
     if not np.issubdtype(X.dtype, np.floating):
         X = X.astype(np.float32)
     if not np.all(np.isfinite(X)):
-        raise ValueError("X holds NaN or infinite values; re-extract those images or drop their rows")
+        raise InvalidInputError("X holds NaN or infinite values; re-extract those images or drop their rows")
     n = X.shape[0]
     if len(manifest) != n:
         raise ManifestError(f"manifest has {len(manifest)} rows but X has {n}; pass the manifest rows of the "
                             "embeddings, in the same order (e.g. store.load(backbone, manifest['image_id']))")
     if map is not None and map not in MAP_METHODS:
-        raise ValueError(f"map must be one of {sorted(MAP_METHODS)} or None; got {map!r}")
+        raise InvalidInputError(f"map must be one of {sorted(MAP_METHODS)} or None; got {map!r}")
     manifest = manifest.reset_index(drop=True)
     g = pd.Series(_column(manifest, groups, "groups", n)).astype(str).to_numpy()
     y, label_name = (None, None) if label is None else _label_vector(manifest, label, n)

@@ -196,7 +196,7 @@ def test_errors_name_the_fix():
         audit_embeddings(X[:6], m.iloc[:6], cv=5, **FAST)
     with pytest.raises(ManifestError, match="patient_id"):
         audit_embeddings(X, m.drop(columns="patient_id"), **FAST)
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(cxr_embed.InvalidInputError, match="NaN"):
         audit_embeddings(np.where(np.eye(300, 16) > 0, np.nan, X), m, **FAST)
 
 
