@@ -174,3 +174,30 @@ def inspect_page(html_path: Path, screenshot: Path, *, browser: str, width: int 
         os.close(from_browser_r)
         if proc.stderr:
             proc.stderr.close()
+
+
+def check_report(page: dict, *, width: int = 1280, height: int = 800) -> None:
+    """Assert what a reader of a cxr_embed report must get from :func:`inspect_page`'s result.
+
+    No error in the console or the log; no request but the page itself and its ``data:`` URIs
+    (one self-contained file); no script; every image decoded; the summary and the first figure
+    (the forest plot) entirely above the fold; the screenshot written.
+    """
+    probe = page["probe"]
+    assert not page["errors"], f"the page logged errors: {page['errors']}"
+    outside = [u for u in page["requests"] if not u.startswith("data:")]
+    assert len(outside) == 1 and outside[0].startswith("file:"), f"requests beyond the page itself: {outside}"
+    assert probe["scripts"] == 0
+    images = probe["images"]
+    broken = [i["alt"][:60] for i in images if not (i["complete"] and i["width"] > 0 and i["height"] > 0)]
+    assert images and not broken, f"{len(broken)} of {len(images)} images did not decode: {broken}"
+    assert probe["viewport"] == {"width": width, "height": height}
+    summary, figure = probe["summary"], probe["first_figure"]
+    assert summary is not None and "best" in probe["summary_text"], "no summary on the page"
+    assert 0 <= summary["top"] and summary["bottom"] <= height, f"the summary is not above the fold: {summary}"
+    assert figure is not None and "per approach and label" in probe["first_figure_alt"], probe["first_figure_alt"]
+    assert figure["top"] > summary["bottom"] and figure["bottom"] <= height, \
+        f"the forest plot is not above the fold at {width}x{height}: {figure}"
+    assert figure["right"] <= width, "the forest plot is wider than the window"
+    shot = Path(page["screenshot"]).read_bytes()
+    assert shot[:8] == b"\x89PNG\r\n\x1a\n"

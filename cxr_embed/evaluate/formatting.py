@@ -193,8 +193,8 @@ def format_table(df: pd.DataFrame, *, decimals: int = 3, rename: Mapping[str, st
     >>> format_table(t).to_dict("records")[1]
     {'approach': 'logreg', 'AUC [95% CI]': '0.849 [0.801, 0.891]', 'DeLong p': '<0.001', 'best': ''}
     """
+    level = ci if ci is not None else getattr(df, "attrs", {}).get("ci", 0.95)
     df = pd.DataFrame(df).reset_index(drop=True) if not isinstance(df.index, pd.RangeIndex) else pd.DataFrame(df)
-    level = ci if ci is not None else df.attrs.get("ci", 0.95)
     est = _ci_estimate(df)
     out: dict[str, list[str]] = {}
     for col in df.columns:
