@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.abc
+import io
 import logging
 import os
 import sys
@@ -26,7 +27,7 @@ _LOGGERS = ("tensorflow", "absl")
 
 
 class _QuietLoader(importlib.abc.Loader):
-    """Runs the wrapped loader with file descriptor 2 sent to a temporary file.
+    """Runs the wrapped loader with file descriptor 2 and ``sys.stderr`` sent to temporary buffers.
 
     The captured text is written to stderr after all when the import fails, so an
     installation problem is never hidden.
@@ -40,20 +41,23 @@ class _QuietLoader(importlib.abc.Loader):
 
     def exec_module(self, module) -> None:
         sys.stderr.flush()
-        saved = os.dup(2)
+        saved_fd, saved_stream, text = os.dup(2), sys.stderr, io.StringIO()
         with tempfile.TemporaryFile() as sink:
-            os.dup2(sink.fileno(), 2)
+            os.dup2(sink.fileno(), 2)  # C++ logging writes to the descriptor
+            sys.stderr = text  # Python warnings to the stream
             try:
                 self._loader.exec_module(module)
             except BaseException:
-                os.dup2(saved, 2)
+                sys.stderr = saved_stream
+                os.dup2(saved_fd, 2)
                 sink.seek(0)
                 os.write(2, sink.read())
+                saved_stream.write(text.getvalue())
                 raise
             finally:
-                sys.stderr.flush()
-                os.dup2(saved, 2)
-                os.close(saved)
+                sys.stderr = saved_stream
+                os.dup2(saved_fd, 2)
+                os.close(saved_fd)
 
     def __getattr__(self, name):  # get_resource_reader, is_package, ...: the real loader's
         return getattr(self._loader, name)
