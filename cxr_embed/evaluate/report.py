@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 #: Widest image of the page, in CSS pixels (the page is at most 1100 px wide).
 PAGE_WIDTH = 1060
 #: Photographs (saliency overlays) are shown in a grid; they are stored at most this wide.
-PHOTO_WIDTH = 440
+PHOTO_WIDTH = 360
 _MAX_IMAGE_BYTES = 50 * 1024 * 1024
 
 _CSS = """

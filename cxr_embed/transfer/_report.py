@@ -63,14 +63,14 @@ def summary_sentences(result) -> list[str]:
             continue
         second = s.iloc[1]
         if multi:
-            ps = [f"{format_p(second[f'p[{lab}]'])} ({lab})" for lab in result.labels
+            ps = [f"{format_p(second[f'p[{lab}]'])} for {lab}" for lab in result.labels
                   if pd.notna(second.get(f"p[{lab}]"))]
             p_text = f"DeLong p {', '.join(ps)}" if ps else "DeLong p not estimable"
         else:
             p_text = (f"DeLong p {format_p(second['delong_p'])}" if pd.notna(second["delong_p"])
                       else "DeLong p not estimable")
-        out.append(f"{text}; runner-up {second['approach']}: "
-                   f"{format_ci(second['auc'], second['ci_low'], second['ci_high'])}, {p_text}.")
+        out.append(f"{text}; the runner-up, {second['approach']}, reaches "
+                   f"{format_ci(second['auc'], second['ci_low'], second['ci_high'])} ({p_text}).")
     return out
 
 

@@ -29,10 +29,10 @@ def test_summary_names_the_best_internally_and_externally(result):
     assert external.startswith(f"Externally (on the external set), {s_ex['approach'].iloc[0]} is best: macro AUC ")
     for sentence, s in ((internal, s_in), (external, s_ex)):
         assert len(re.findall(CI, sentence)) == 2, sentence          # best and runner-up, with their CIs
-        assert f"runner-up {s['approach'].iloc[1]}: " in sentence
+        assert f"; the runner-up, {s['approach'].iloc[1]}, reaches " in sentence
         for lab in result.labels:                                     # DeLong p of the runner-up, per label
             p = s[f"p[{lab}]"].iloc[1]
-            assert f"{'<0.001' if p < 0.001 else f'{p:.3f}'} ({lab})" in sentence
+            assert f"{'<0.001' if p < 0.001 else f'{p:.3f}'} for {lab}" in sentence
         assert sentence.count(".") >= 1 and "nan" not in sentence.lower()
 
 
@@ -42,13 +42,14 @@ def test_summary_of_one_label_one_approach_and_no_external_set():
     one = fake_comparison(["opacity"], external=False)
     (sentence,) = summary_sentences(one)
     s = one.summary("internal")
-    assert re.search(rf"is best: AUC {CI}; runner-up .*: {CI}, DeLong p (<0\.001|\d\.\d{{3}})\.$", sentence), sentence
+    assert re.search(rf"is best: AUC {CI}; the runner-up, .*, reaches {CI} \(DeLong p (<0\.001|\d\.\d{{3}})\)\.$",
+                     sentence), sentence
     alone = fake_comparison(["opacity"], approaches={"rf": "embeddings"}, strength=[1.0])
     assert summary_sentences(alone)[0].endswith("(the only approach).")
     # a hopeless runner-up: p is printed the way people read it
     sure = fake_comparison(["opacity"], external=False, n=200, approaches={"good": "embeddings", "bad": "stacking"},
                            strength=[3.0, 0.0])
-    assert summary_sentences(sure)[0].endswith("DeLong p <0.001.")
+    assert summary_sentences(sure)[0].endswith("(DeLong p <0.001).")
     assert s is not None
 
 
