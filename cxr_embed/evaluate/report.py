@@ -31,7 +31,8 @@ from .figures import color_map, plot_calibration, plot_forest, plot_roc
 from .formatting import FormattedTable, format_metrics_table
 from .metrics import metrics_to_json
 
-__all__ = ["Report", "write_report", "fragment_html", "plot_roc", "plot_calibration", "plot_forest"]
+__all__ = ["Report", "write_report", "fragment_html", "image_data_uri", "check_image", "plot_roc", "plot_calibration",
+           "plot_forest"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,25 @@ def _photo_bytes(image: bytes, width: int = PHOTO_WIDTH) -> tuple[bytes, str]:
     return out.getvalue(), "image/jpeg"
 
 
-def _read_image(path) -> bytes:
+def check_image(path: str | os.PathLike) -> Path:
+    """The path of an image the report can embed, or an error saying what is wrong with it.
+
+    Parameters
+    ----------
+    path : str or Path
+        A regular PNG, JPEG or GIF file of at most 50 MB.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    FileNotFoundError
+        Missing, or not a regular file.
+    ValueError
+        Another suffix, or too large.
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: image for the report does not exist (or is not a regular file); "
@@ -115,7 +134,11 @@ def _read_image(path) -> bytes:
     if p.stat().st_size > _MAX_IMAGE_BYTES:
         raise ValueError(f"{p}: {p.stat().st_size} bytes is too large for a report image "
                          f"(limit {_MAX_IMAGE_BYTES}); save it smaller.")
-    return p.read_bytes()
+    return p
+
+
+def _read_image(path) -> bytes:
+    return check_image(path).read_bytes()
 
 
 def _figure_bytes(fig, dpi: int | None = None) -> bytes:
@@ -229,6 +252,10 @@ class Report:
         self.parts.append(f"<h2>{html.escape(str(heading))}</h2>")
         if text:
             self.parts.append(f'<p class="meta">{html.escape(str(text))}</p>')
+
+    def add_subsection(self, heading: str) -> None:
+        """A heading inside a section (``<h3>``)."""
+        self.parts.append(f"<h3>{html.escape(str(heading))}</h3>")
 
     def add_text(self, paragraphs: str | Sequence[str], *, css_class: str = "notes") -> None:
         """Paragraphs of text (escaped)."""
@@ -404,8 +431,8 @@ def write_report(
         page.add_section(str(name))
         page.add_table(df if isinstance(df, FormattedTable) else pd.DataFrame(df), csv_name=_slug(name) + ".csv")
     if images:
-        for name, path in images.items():
-            _read_image(path)  # a missing file fails before anything is written
+        for path in images.values():
+            check_image(path)  # a missing file fails before the page is written
         page.add_section("Images")
         page.add_gallery(images)
     if notes:

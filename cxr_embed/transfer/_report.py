@@ -48,7 +48,7 @@ def summary_sentences(result) -> list[str]:
 
     out = []
     multi = len(result.labels) > 1
-    for setting, (adverb, how) in _SETTINGS.items():
+    for setting, (adverb, _) in _SETTINGS.items():
         if not (result.table["setting"] == setting).any():
             continue
         s = result.summary(setting).dropna(subset=["auc"])
@@ -84,7 +84,7 @@ def setting_table(result, setting: str):
     s = s[cols]
     rename = {"delong_p": "DeLong p vs best", "AUC [95% CI]": "macro AUC [95% CI]" if multi else "AUC [95% CI]"}
     rename.update({f"p[{lab}]": f"p vs best: {lab}" for lab in result.labels})
-    adverb, how = _SETTINGS.get(setting, (setting, ""))
+    _, how = _SETTINGS.get(setting, (setting, ""))
     return FormattedTable.from_frame(s, caption=f"{setting.capitalize()}: {how}", rename=rename,
                                      csv_name=f"comparison_{setting}.csv")
 
@@ -98,7 +98,7 @@ def _forest(result, cmap):
 
 def build_page(result, *, title: str, fragment: bool = False, out: Path | None = None):
     """The summary and the comparison section (all that ``_repr_html_`` shows); ``out`` gets ``forest.png``."""
-    from ..evaluate.report import Report, _close
+    from ..evaluate.report import Report
 
     cmap = colors(result)
     page = Report(title, subtitle=f"{len(result.image_ids)} target images, labels {', '.join(result.labels)}"
@@ -112,7 +112,7 @@ def build_page(result, *, title: str, fragment: bool = False, out: Path | None =
                     "AUC with its 95% patient-level bootstrap CI per approach and label (diamond: macro AUC; "
                     "dashed: chance). DeLong p in the tables compares each approach with the best of its setting "
                     "on the same images (treated as independent).")
-    _close(fig)
+    fig.clf()
     for setting in _SETTINGS:
         if (result.table["setting"] == setting).any():
             page.add_table(setting_table(result, setting))
@@ -120,13 +120,13 @@ def build_page(result, *, title: str, fragment: bool = False, out: Path | None =
 
 
 def _curves(result, page, out: Path, cmap: Mapping[str, str]) -> None:
-    from ..evaluate.report import _close, plot_calibration, plot_roc
+    from ..evaluate.report import plot_calibration, plot_roc
 
     for setting, truth, scores in (("internal", result.y_true, result.oof),
                                    ("external", result.y_external, result.external)):
         if truth is None or not scores:
             continue
-        page.add_html(f"<h3>ROC and calibration, {setting}</h3>")
+        page.add_subsection(f"ROC and calibration, {setting}")
         names = list(scores)
         for j, lab in enumerate(result.labels):
             Y = np.column_stack([truth[:, j]] * len(names))
@@ -139,8 +139,8 @@ def _curves(result, page, out: Path, cmap: Mapping[str, str]) -> None:
                                    title=f"{lab}: {setting}, calibration", colors=cmap)
             page.add_figures([(out / f"roc_{setting}_{_safe(lab)}.png", f"ROC, {setting}: {lab}"),
                               (out / f"calibration_{setting}_{_safe(lab)}.png", f"Calibration, {setting}: {lab}")])
-            _close(roc)
-            _close(cal)
+            roc.clf()
+            cal.clf()
 
 
 def write(result, out_dir, *, title: str, images: Mapping[str, Any] | None, tables: Mapping[str, pd.DataFrame] | None,
@@ -148,12 +148,12 @@ def write(result, out_dir, *, title: str, images: Mapping[str, Any] | None, tabl
     """Write ``index.html`` and its side files (see ``ComparisonResult.write_report``)."""
     from ..evaluate.formatting import FormattedTable, format_metrics_table
     from ..evaluate.metrics import evaluate_predictions, metrics_to_json
-    from ..evaluate.report import _read_image, _slug
+    from ..evaluate.report import check_image
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for path in (images or {}).values():
-        _read_image(path)  # a missing image fails before anything is written
+        check_image(path)  # a missing image fails before anything is written
     result.table.to_csv(out / "comparison.csv", index=False)
     oof = pd.DataFrame({"image_id": result.image_ids, "patient_id": result.groups, "fold": result.fold})
     for name, p in result.oof.items():
@@ -175,7 +175,7 @@ def write(result, out_dir, *, title: str, images: Mapping[str, Any] | None, tabl
                         text="Out-of-fold predictions on the target; all its metrics are in the last section.")
     for name, df in (tables or {}).items():
         page.add_section(str(name))
-        page.add_table(df if isinstance(df, FormattedTable) else pd.DataFrame(df), csv_name=_slug(name) + ".csv")
+        page.add_table(df if isinstance(df, FormattedTable) else pd.DataFrame(df), csv_name=_safe(name) + ".csv")
     if images:
         page.add_section("Images")
         page.add_gallery(images)
