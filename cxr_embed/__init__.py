@@ -52,6 +52,8 @@ _LAZY = {
     "metrics_to_json": "cxr_embed.evaluate.metrics",
     "plot_roc": "cxr_embed.evaluate.report",
     "plot_calibration": "cxr_embed.evaluate.report",
+    "plot_forest": "cxr_embed.evaluate.figures",
+    "format_metrics_table": "cxr_embed.evaluate.formatting",
     "save_model": "cxr_embed.learn.persistence",
     "ModelBundle": "cxr_embed.learn.persistence",
     "load_model": "cxr_embed.learn.persistence",

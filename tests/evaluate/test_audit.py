@@ -11,7 +11,7 @@ import pytest
 from cxr_embed.evaluate.audit import EmbeddingAudit, audit_embeddings
 from cxr_embed.evaluate._audit_reid import reidentification
 from cxr_embed.evaluate.metrics import age_bands, roc_auc_ci, subgroup_auc
-from cxr_embed.exceptions import ManifestError, MissingDependencyError
+from cxr_embed.exceptions import InvalidInputError, ManifestError, MissingDependencyError
 
 FAST = dict(n_bootstrap=200, map=None)
 
@@ -196,7 +196,7 @@ def test_errors_name_the_fix():
         audit_embeddings(X[:6], m.iloc[:6], cv=5, **FAST)
     with pytest.raises(ManifestError, match="patient_id"):
         audit_embeddings(X, m.drop(columns="patient_id"), **FAST)
-    with pytest.raises(cxr_embed.InvalidInputError, match="NaN"):
+    with pytest.raises(InvalidInputError, match="NaN"):
         audit_embeddings(np.where(np.eye(300, 16) > 0, np.nan, X), m, **FAST)
 
 
