@@ -103,7 +103,7 @@ def plot_map(coords: ArrayLike, values: ArrayLike, *, title: str = "", path: str
     >>> fig.axes[0].get_title()
     'view'
     """
-    from .report import _figure, _save
+    from .figures import _figure, _save
 
     xy = np.asarray(coords, dtype=float)
     v = np.asarray(values, dtype=object).astype(str)

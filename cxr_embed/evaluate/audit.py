@@ -132,31 +132,58 @@ class EmbeddingAudit:
     def write(self, out_dir: str | os.PathLike, *, title: str = "Embedding audit") -> Path:
         """Write every table as CSV, ``audit.json``, the maps and an HTML page; returns ``index.html``.
 
-        The page is :func:`cxr_embed.evaluate.report.write_report` (one report style for the library).
+        The page is built with :class:`cxr_embed.evaluate.report.Report` (one report style for the
+        library): the flags first, then each part with its forest plot before its table.
         """
-        from .report import write_report
+        from .figures import plot_forest
+        from .report import Report, _close
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for name, df in self.to_frames().items():
             df.to_csv(out / f"{name}.csv", index=False)
         self.to_json(out / "audit.json")
-        images = {f"2-D map ({self.params.get('map_method')}) coloured by {c}": p
-                  for c, p in self.write_maps(out).items()}
         p = self.params
-        notes = [f"{p.get('n_images')} images of {p.get('n_patients')} patients, {p.get('dim')} dimensions; "
-                 f"{p.get('cv')}-fold patient-grouped cross-validation (no patient on both sides), "
-                 f"{p.get('ci', 0.95):.0%} CIs from {p.get('n_bootstrap')} patient-level bootstrap resamples.",
-                 f"Probe: {p.get('probe')}; classifier of the label: {p.get('classifier')}.",
-                 "How to read these tables: docs/audit.md."]
-        tables = {"Flags": pd.DataFrame({"flag": self.flags or ["nothing crossed a threshold"]}),
-                  "Encoded attributes": self.encoded}
+        page = Report(title)
+        page.add_summary(self.flags or ["No flag: no attribute crossed the shortcut, subgroup-gap or "
+                                        "re-identification thresholds (docs/audit.md)."])
+
+        def forest(table, est, low, high, row, name, xlabel):
+            t = table.dropna(subset=[est]).copy()
+            if not len(t):
+                return
+            t["_row"] = t[row] if isinstance(row, str) else t[row].astype(str).agg(": ".join, axis=1).str.rstrip(": ")
+            _close(plot_forest(t, estimate=est, low=low, high=high, row="_row", hue=None, panel=None,
+                               xlabel=xlabel, width=7.5, path=out / name))
+            page.add_figures([(out / name, xlabel)])
+
+        page.add_section("What the embeddings encode")
+        forest(self.encoded[self.encoded["metric"] == "auc"], "value", "ci_low", "ci_high",
+               ["attribute", "level"], "forest_encoded.png", "AUC of the attribute from the embeddings [95% CI]")
+        page.add_table(self.encoded, csv_name="encoded.csv")
         if len(self.shortcuts):
-            tables["Shortcut risk for the label"] = self.shortcuts
-            tables["Subgroup performance"] = self.subgroups
-            tables["Largest subgroup gaps"] = self.subgroup_gaps
-        tables["Re-identification"] = self.reidentification
-        return write_report(out, title=title, tables=tables, images=images or None, notes=notes)
+            page.add_section("Shortcut risk for the label")
+            forest(self.shortcuts, "label_auc", "label_ci_low", "label_ci_high", "attribute",
+                   "forest_shortcuts.png", "AUC of the label from the attribute alone [95% CI]")
+            page.add_table(self.shortcuts, csv_name="shortcuts.csv")
+            page.add_section("Subgroup performance")
+            forest(self.subgroups, "auc", "ci_low", "ci_high", ["attribute", "level"],
+                   "forest_subgroups.png", "Classifier AUC within the subgroup [95% CI]")
+            page.add_table(self.subgroups, csv_name="subgroups.csv")
+            page.add_table(self.subgroup_gaps, caption="Largest subgroup gaps", csv_name="subgroup_gaps.csv")
+        page.add_section("Re-identification")
+        page.add_table(self.reidentification, csv_name="reidentification.csv")
+        maps = self.write_maps(out)
+        if maps:
+            page.add_section(f"2-D map ({p.get('map_method')})")
+            page.add_figures([(path, f"coloured by {c}") for c, path in maps.items()])
+        page.add_section("Notes")
+        page.add_text([f"{p.get('n_images')} images of {p.get('n_patients')} patients, {p.get('dim')} dimensions; "
+                       f"{p.get('cv')}-fold patient-grouped cross-validation (no patient on both sides), "
+                       f"{p.get('ci', 0.95):.0%} CIs from {p.get('n_bootstrap')} patient-level bootstrap resamples.",
+                       f"Probe: {p.get('probe')}; classifier of the label: {p.get('classifier')}.",
+                       "How to read these tables: docs/audit.md."])
+        return page.write(out)
 
     def _repr_html_(self) -> str:
         from html import escape
