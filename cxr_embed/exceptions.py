@@ -24,6 +24,8 @@ __all__ = [
     "LeakageError",
     "BundleIntegrityError",
     "MissingDependencyError",
+    "ClinicalDataError",
+    "HarmonizationError",
 ]
 
 
@@ -110,3 +112,12 @@ class BundleIntegrityError(CxrEmbedError, ValueError):
 
 class MissingDependencyError(CxrEmbedError, ImportError):
     """An optional dependency is not installed; the message names the extra."""
+
+
+# --- clinical variables and harmonisation ------------------------------------
+class ClinicalDataError(CxrEmbedError, ValueError):
+    """Clinical columns beside the embeddings are missing, misnamed or unusable."""
+
+
+class HarmonizationError(CxrEmbedError, ValueError):
+    """Site harmonisation cannot run: no site column, a site too small, an unseen site refused."""
