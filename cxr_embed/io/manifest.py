@@ -70,7 +70,7 @@ NIH_LABELS = (
 
 # file suffixes taken for images when listing folders, and stripped from derived ids
 _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif",
-                             ".dcm", ".dicom", ".dic"})
+                             ".dcm", ".dicom", ".dic", ".nii", ".nii.gz"})
 _RASTER_SUFFIXES = _IMAGE_SUFFIXES - {".dcm", ".dicom", ".dic"}
 
 # numeric columns of a generic CSV that are never labels, even when all 0/1
@@ -561,7 +561,7 @@ def _image_rows(folder: Path, files: list[Path], patient_pattern: str | None) ->
 
 def _load_images(folder: Path, patient_pattern: str | None) -> tuple[pd.DataFrame, Path, list[str]]:
     """An unlabelled folder (searched recursively) of PNG/JPEG/TIFF/BMP images, for extraction and prediction."""
-    files = [f for f in _walk(folder) if f.suffix.lower() in _RASTER_SUFFIXES]
+    files = [f for f in _walk(folder) if _suffix(f) in _RASTER_SUFFIXES]
     if not files:
         raise ManifestError(f"{folder}: format 'images' expects image files "
                             f"({', '.join(sorted(_RASTER_SUFFIXES))}) in the folder or its subfolders; found none")
@@ -782,6 +782,8 @@ def _id_from_path(p: str, root: Path | None) -> str:
             p = rel.replace("\\", "/")
     p = posixpath.normpath(p)
     stem, suffix = posixpath.splitext(p)
+    if p.lower().endswith(".nii.gz"):
+        stem, suffix = p[:-7], ".nii.gz"
     return stem if suffix.lower() in _IMAGE_SUFFIXES else p
 
 
@@ -801,12 +803,17 @@ def _walk(folder: Path):
                 yield Path(dirpath) / name
 
 
+def _suffix(f: Path) -> str:
+    """Lower-case suffix, ``.nii.gz`` counted as one."""
+    return ".nii.gz" if f.name.lower().endswith(".nii.gz") else f.suffix.lower()
+
+
 def _files(folder: Path, suffixes: frozenset[str]) -> list[Path]:
-    return [f for f in _walk(folder) if f.suffix.lower() in suffixes]
+    return [f for f in _walk(folder) if _suffix(f) in suffixes]
 
 
 def _has_raster_image(folder: Path) -> bool:
-    return any(f.suffix.lower() in _RASTER_SUFFIXES for f in _walk(folder))
+    return any(_suffix(f) in _RASTER_SUFFIXES for f in _walk(folder))
 
 
 def _first_dicom(folder: Path) -> Path | None:
