@@ -159,7 +159,15 @@ def read_nifti(path: str | os.PathLike, *, frame: int | None = None) -> tuple[np
     path = Path(path)
     _check_file(path)
     try:
-        img = nib.load(str(path))
+        name = path.name.lower()
+        if name.endswith((".nii", ".nii.gz")):
+            img = nib.load(str(path))  # lazy: a slice of a 3-D stack is read alone
+        else:  # recognised by content under another name: nibabel's loader goes by suffix
+            data = path.read_bytes()
+            raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+            size = struct.unpack("<i", raw[:4])[0]
+            cls = nib.Nifti2Image if size in (540, 0x1C020000) else nib.Nifti1Image  # 540 in either byte order
+            img = cls.from_bytes(raw)
         shape = tuple(int(s) for s in img.shape)
         version = 2 if isinstance(img, nib.Nifti2Image) else 1
         affine = np.asarray(img.affine, dtype=float)
