@@ -38,6 +38,8 @@ __all__ = [
     "BundleIntegrityError",
     "NotOurFileError",
     "MissingDependencyError",
+    "ClinicalDataError",
+    "HarmonizationError",
 ]
 
 
@@ -185,3 +187,12 @@ class NotOurFileError(CxrEmbedError, FileExistsError):
 
 class MissingDependencyError(CxrEmbedError, ImportError):
     """An optional dependency is not installed; the message names the extra."""
+
+
+# --- clinical variables and harmonisation ------------------------------------
+class ClinicalDataError(CxrEmbedError, ValueError):
+    """Clinical columns beside the embeddings are missing, misnamed or unusable."""
+
+
+class HarmonizationError(CxrEmbedError, ValueError):
+    """Site harmonisation cannot run: no site column, a site too small, an unseen site refused."""

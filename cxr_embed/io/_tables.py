@@ -38,10 +38,15 @@ from ..exceptions import ManifestError
 
 # file suffixes taken for images when listing folders, and stripped from derived ids
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif",
-                            ".dcm", ".dicom", ".dic"})
+                            ".dcm", ".dicom", ".dic", ".nii", ".nii.gz"})
 RASTER_SUFFIXES = IMAGE_SUFFIXES - {".dcm", ".dicom", ".dic"}
 # table files recognised inside folders
 TABLE_SUFFIXES = (".csv", ".csv.gz", ".zip")
+
+
+def image_suffix(f: Path) -> str:
+    """Lower-case suffix of an image file, ``.nii.gz`` counted as one."""
+    return ".nii.gz" if f.name.lower().endswith(".nii.gz") else f.suffix.lower()
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _DRIVE = re.compile(r"^(?:[A-Za-z]:)?/+")
@@ -398,6 +403,8 @@ def id_from_path(p: str, root: Path | None) -> str:
     while p.startswith("../"):
         p = p[3:]
     stem, suffix = posixpath.splitext(p)
+    if p.lower().endswith(".nii.gz"):
+        stem, suffix = p[:-7], ".nii.gz"
     return stem if suffix.lower() in IMAGE_SUFFIXES else p
 
 

@@ -195,6 +195,10 @@ def read_image(path: str | os.PathLike, *, voi: str = "auto", window: tuple[floa
     if window is not None or voi != "auto":
         warnings.warn(f"{path}: voi=/window= apply to DICOM only and are ignored for this file",
                       UserWarning, stacklevel=2)
+    from .nifti import is_nifti, read_nifti  # NIfTI by content too (io/nifti.py)
+
+    if is_nifti(path):
+        return read_nifti(path, frame=frame)
     try:
         with Image.open(path) as img:
             fmt = (img.format or path.suffix.lstrip(".") or "unknown").lower()

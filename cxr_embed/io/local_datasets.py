@@ -25,7 +25,8 @@ import pandas as pd
 
 from ..exceptions import ImageReadError, ManifestError
 from ._tables import (IMAGE_SUFFIXES, RASTER_SUFFIXES, assemble, check_blank, check_text, duplicates, id_from_path,
-                      ids_and_paths, label_values, read_header, read_table, snake, text, walk_files, warn)
+                      ids_and_paths, image_suffix, label_values, read_header, read_table, snake, text, walk_files,
+                      warn)
 from .annotation_datasets import VINDR_FINDINGS
 from .public_datasets import CHEXPERT_LABELS, GOOGLE2019_LABELS, NIH_LABELS
 
@@ -185,7 +186,7 @@ def subdirs(folder: Path) -> list[Path]:
 
 
 def has_raster_image(folder: Path, skipped: set[str]) -> bool:
-    return any(f.suffix.lower() in RASTER_SUFFIXES for f in walk_files(folder, skipped))
+    return any(image_suffix(f) in RASTER_SUFFIXES for f in walk_files(folder, skipped))
 
 
 def first_dicom(folder: Path, skipped: set[str]) -> Path | None:
@@ -229,7 +230,7 @@ def _image_rows(folder: Path, files: list[Path], patient_pattern: str | None) ->
 def _load_images(folder: Path, patient_pattern: str | None,
                  skipped: set[str]) -> tuple[pd.DataFrame, Path, list[str]]:
     """An unlabelled folder (searched recursively) of PNG/JPEG/TIFF/BMP images, for extraction and prediction."""
-    files = [f for f in walk_files(folder, skipped) if f.suffix.lower() in RASTER_SUFFIXES]
+    files = [f for f in walk_files(folder, skipped) if image_suffix(f) in RASTER_SUFFIXES]
     if not files:
         raise ManifestError(f"{folder}: format 'images' expects image files "
                             f"({', '.join(sorted(RASTER_SUFFIXES))}) in the folder or its subfolders; found none")
@@ -241,7 +242,7 @@ def _load_images(folder: Path, patient_pattern: str | None,
 
 def _load_folders(folder: Path, patient_pattern: str | None,
                   skipped: set[str]) -> tuple[pd.DataFrame, Path, list[str]]:
-    files_of = {d: [f for f in walk_files(d, skipped) if f.suffix.lower() in IMAGE_SUFFIXES] for d in subdirs(folder)}
+    files_of = {d: [f for f in walk_files(d, skipped) if image_suffix(f) in IMAGE_SUFFIXES] for d in subdirs(folder)}
     class_dirs = [d for d, files in files_of.items() if files]
     if not class_dirs:
         raise ManifestError(f"{folder}: format 'folders' expects one subfolder per class holding images "

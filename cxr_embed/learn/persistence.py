@@ -395,7 +395,7 @@ class ModelBundle:
             ``fingerprint`` differs from the training embeddings'.
         """
         self.check_fingerprint(fingerprint)
-        X = np.asarray(X)
+        X = X if hasattr(X, "iloc") else np.asarray(X)  # a clinical frame keeps its columns
         n_in = getattr(self.estimator, "n_features_in_", None)
         if n_in is not None and (X.ndim != 2 or X.shape[1] != n_in):
             raise ValueError(f"X has shape {X.shape} but the model expects (n_samples, {n_in})")
