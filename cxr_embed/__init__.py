@@ -45,6 +45,7 @@ _LAZY = {
     "external_validation": "cxr_embed.learn.validation",
     "nested_cv": "cxr_embed.learn.validation",
     "learning_curve_patients": "cxr_embed.learn.validation",
+    "ray_backend": "cxr_embed.learn.distributed",
     "evaluate_predictions": "cxr_embed.evaluate.metrics",
     "roc_auc_ci": "cxr_embed.evaluate.metrics",
     "delong_test": "cxr_embed.evaluate.metrics",

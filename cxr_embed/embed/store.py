@@ -662,7 +662,7 @@ class StoreWriter:
             raise
         return self
 
-    def append(self, ids: Sequence[str], X: np.ndarray) -> None:
+    def append(self, ids: Sequence[str], X: np.ndarray, *, compute: dict | None = None) -> None:
         """Commit a batch of embeddings.
 
         Parameters
@@ -671,6 +671,10 @@ class StoreWriter:
             New ids; duplicates within the batch or already stored are refused.
         X : array-like of shape (n, dim)
             Embeddings, cast to the group's dtype.
+        compute : dict, optional
+            How these rows were computed (``precision``, ``replicas``, ``devices``, ``xla``), when
+            another process than the writer's computed them (a Ray worker); default: the
+            writer's ``backbone.compute``. Provenance only, recorded in the group's ``compute``.
 
         Raises
         ------
@@ -716,8 +720,9 @@ class StoreWriter:
             j.attrs["dim"] = self.dim
             j.attrs["dtype"] = self.dtype
             j.attrs["created"] = _now()
-            if self._compute is not None:
-                j.attrs["compute"] = self._compute
+            provenance = stable_json([compute]) if isinstance(compute, dict) else self._compute
+            if provenance is not None:
+                j.attrs["compute"] = provenance
             j.create_dataset("ids", data=ids.astype(object), dtype=_str_dtype())
             j.create_dataset("embeddings", data=X)
         _fsync_file(tmp)
