@@ -397,6 +397,8 @@ def extract(
     if n_workers < 0:
         raise ValueError(f"workers must be >= 0 or None, got {workers}")
     ids, paths = _as_items(manifest_or_paths)
+    if engine == "local" and (ray_address is not None or ray_options):
+        raise ValueError("ray_address and ray_options are options of engine='ray'; fix: pass engine='ray' or drop them")
     ray_plan = None
     if engine == "ray":  # everything checkable is checked before the store is opened
         from .distributed import plan_ray_extraction

@@ -672,9 +672,7 @@ class StoreWriter:
         X : array-like of shape (n, dim)
             Embeddings, cast to the group's dtype.
         compute : dict, optional
-            How these rows were computed (``precision``, ``replicas``, ``devices``, ``xla``), when
-            another process than the writer's computed them (a Ray worker); default: the
-            writer's ``backbone.compute``. Provenance only, recorded in the group's ``compute``.
+            How these rows were computed (provenance) when not by the writer's ``backbone.compute``.
 
         Raises
         ------
@@ -720,9 +718,8 @@ class StoreWriter:
             j.attrs["dim"] = self.dim
             j.attrs["dtype"] = self.dtype
             j.attrs["created"] = _now()
-            provenance = stable_json([compute]) if isinstance(compute, dict) else self._compute
-            if provenance is not None:
-                j.attrs["compute"] = provenance
+            if isinstance(compute, dict) or self._compute is not None:  # compute= e.g. from a Ray worker
+                j.attrs["compute"] = stable_json([compute]) if isinstance(compute, dict) else self._compute
             j.create_dataset("ids", data=ids.astype(object), dtype=_str_dtype())
             j.create_dataset("embeddings", data=X)
         _fsync_file(tmp)

@@ -87,10 +87,11 @@ def _local(images, backbone, path):
 
 
 # --------------------------------------------------------------- default set
-def test_ray_gives_the_local_ids_and_bits_and_reports_failures(cluster, backbone, images, tmp_path):
+def test_ray_gives_the_local_ids_and_bits_and_reports_failures(cluster, backbone, images, tmp_path, capsys):
     import ray
 
     import cxr_embed
+    from cxr_embed.cli import main
 
     ref = _local(images, backbone, tmp_path / "local.h5")
     rep = cxr_embed.extract(images, backbone, tmp_path / "ray.h5", batch_size=8, progress=False, engine="ray",
@@ -107,10 +108,17 @@ def test_ray_gives_the_local_ids_and_bits_and_reports_failures(cluster, backbone
     assert a.tobytes() == b.tobytes()
     (entry,) = store.info()["backbones"].values()
     assert entry["compute"][0]["precision"] == "float32"  # recorded from the workers
-    # resume: everything is cached, no Ray session is needed to find that out
-    again = cxr_embed.extract(images, backbone, store, batch_size=8, progress=False, engine="ray",
-                              ray_address=cluster.address, ray_options=OPTIONS)
-    assert (again.n_done, again.n_cached) == (0, 48) and again.n_failed == 2
+    # resume from the command line: everything is cached, so no Ray session is needed to find that out
+    csv = tmp_path / "labels.csv"
+    on_disk = images[images.image_id.isin(good)]  # failures would be retried (and need the cluster)
+    on_disk.assign(patient_id=[f"p{i}" for i in range(len(on_disk))]).to_csv(csv, index=False)
+    argv = ["extract", "--manifest", str(csv), "--backbone", backbone.config["weights"], "--store",
+            str(tmp_path / "ray.h5"), "--batch-size", "8", "--no-progress", "--json", "--ray-address", cluster.address]
+    assert main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (again["n_done"], again["n_cached"], again["n_failed"]) == (0, 48, 0)
+    assert main([*argv[:-2], "--engine", "local", "--ray-actors", "2"]) == 2
+    assert "--engine ray" in capsys.readouterr().err
 
 
 def test_worker_with_other_weights_is_refused_before_anything_is_written(cluster, tmp_path):
@@ -162,6 +170,8 @@ def test_bad_arguments_are_refused_before_ray_starts(backbone, tmp_path):
 
     with pytest.raises(ValueError, match="engine must be one of"):
         cxr_embed.extract(["a.png"], backbone, tmp_path / "x.h5", engine="dask", progress=False)
+    with pytest.raises(ValueError, match="options of engine='ray'"):
+        cxr_embed.extract(["a.png"], backbone, tmp_path / "x.h5", ray_address="auto", progress=False)
     with pytest.raises(ValueError, match="unknown ray_options"):
         cxr_embed.extract(["a.png"], backbone, tmp_path / "x.h5", engine="ray", ray_options={"gpus": 1})
     with pytest.raises(ValueError, match="decoding tasks"):
