@@ -41,15 +41,15 @@ def _ray_run(paths, bb, store, args) -> dict:
     import cxr_embed
     from cxr_embed.embed import distributed
 
-    commit, first = distributed._commit, []
+    add, first = distributed._Committer.add, []
 
-    def timed_commit(*a, **kw):  # instrument: when the first batch reaches the driver
-        n = commit(*a, **kw)
+    def timed_add(self, batch):  # instrument: when the first batch reaches the driver
+        n = add(self, batch)
         if not first:
             first.append((time.perf_counter(), n))
         return n
 
-    distributed._commit = timed_commit
+    distributed._Committer.add = timed_add
     try:
         t0 = time.perf_counter()
         options = {"decode_cpus": args.decode_cpus, "actor_cpus": args.actor_cpus}
@@ -59,7 +59,7 @@ def _ray_run(paths, bb, store, args) -> dict:
                               engine="ray", ray_options=options)
         t1 = time.perf_counter()
     finally:
-        distributed._commit = commit
+        distributed._Committer.add = add
     assert r.n_done == len(paths) and r.n_failed == 0, str(r)
     out = {"images_per_second": round(r.images_per_second, 2), "seconds": round(r.seconds, 2)}
     if first:

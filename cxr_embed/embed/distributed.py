@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import platform
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,7 @@ RAY_OPTIONS = {
     "block_rows": "images per decoding task (default 4 * batch_size)",
     "init": "keyword arguments of ray.init when extract starts or connects the session",
     "runtime_env": "Ray runtime_env of both stages (e.g. env_vars, pip); default none",
+    "commit_rows": "rows per store commit on the driver (default max(batch_size, 256); also every 10 s)",
 }
 
 
@@ -106,7 +108,7 @@ def plan_ray_extraction(backbone, *, workers: int | None, address: str | None, o
     unknown = sorted(set(options) - set(RAY_OPTIONS))
     if unknown:
         raise ValueError(f"unknown ray_options {unknown}; expected keys among {sorted(RAY_OPTIONS)}")
-    for key in ("actors", "block_rows"):
+    for key in ("actors", "block_rows", "commit_rows"):
         if options.get(key) is not None and int(options[key]) < 1:
             raise ValueError(f"ray_options[{key!r}] must be >= 1, got {options[key]!r}")
     for key in ("actor_cpus", "decode_cpus"):
@@ -233,6 +235,7 @@ def run_ray_extraction(plan: RayPlan, todo, ids, paths, writer, report, *, batch
                     len(todo), resources, actors, "GPUs" if gpus else "CPUs", block)
         items = [{"idx": int(i), "path": str(p)} for i, p in todo]
         ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / block)))
+        del items  # now in the object store (about 200 MB of Python objects per million images)
         # Decoding tasks are spread over the nodes. Their remote arguments come from a function,
         # which also keeps Ray Data from fusing the decoding into the actors (fused, an actor would
         # decode and embed in turn instead of being fed by every CPU of the cluster).
@@ -247,10 +250,12 @@ def run_ray_extraction(plan: RayPlan, todo, ids, paths, writer, report, *, batch
             num_cpus=float(opts.get("actor_cpus", 1)), num_gpus=1 if gpus else 0, **stage)
         ds.context.enable_progress_bars = False  # the driver shows its own bar
         bar = tqdm(total=len(todo), disable=not progress, unit="img", desc=f"embedding on ray ({plan.config.get('name', '')})")
-        seen_failed: set[int] = set()
+        committer = _Committer(ids, paths, writer, report, plan.dim,
+                               int(opts.get("commit_rows") or max(batch_size, 256)))
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                bar.update(_commit(batch, ids, paths, writer, report, seen_failed, plan.dim))
+                bar.update(committer.add(batch))
+            committer.flush()
         except Exception as e:  # noqa: BLE001 - Ray wraps what workers raise; surface our own error
             cause = _our_error(e)
             if cause is not None and cause is not e:
@@ -260,32 +265,63 @@ def run_ray_extraction(plan: RayPlan, todo, ids, paths, writer, report, *, batch
             bar.close()
 
 
-def _commit(batch: dict, ids, paths, writer, report, seen_failed: set, dim: int) -> int:
-    """Append one result batch; returns the number of rows newly accounted for."""
-    new_ids: list[str] = []
-    rows: list[int] = []
-    n = 0
-    for row, (i, ok, reason) in enumerate(zip(batch["idx"], batch["ok"], batch["reason"])):
-        i = int(i)
-        image_id = ids[i]
-        if image_id in writer.existing or i in seen_failed or image_id in new_ids:
-            continue  # a block recomputed after a worker was lost: each image is stored once
-        n += 1
-        if not ok:
-            seen_failed.add(i)
-            report.failures.append((image_id, paths[i], str(reason)))
-            continue
-        new_ids.append(image_id)
-        rows.append(row)
-    if new_ids:
-        X = np.asarray(batch["embedding"], np.float32)[rows]
-        if X.shape != (len(new_ids), dim):
-            raise ValueError(f"a Ray worker returned embeddings of shape {X.shape}, expected ({len(new_ids)}, {dim})")
-        computes = {str(c) for c in np.asarray(batch["compute"])[rows]}
-        compute = json.loads(computes.pop()) if len(computes) == 1 else None
-        writer.append(new_ids, X, compute=compute)
-        report.n_done += len(new_ids)
-    return n
+class _Committer:
+    """The driver's side: accounts for each result row once and appends rows in groups of ``commit_rows``.
+
+    Each append is one atomic journal commit of the store; grouping the actors' batches keeps the
+    journal (and the compaction at the end) small on a fast cluster. Rows waiting in the group
+    are lost if the driver is killed, and recomputed by the next run.
+    """
+
+    def __init__(self, ids, paths, writer, report, dim: int, commit_rows: int, commit_seconds: float = 10.0):
+        self.ids, self.paths, self.writer, self.report, self.dim = ids, paths, writer, report, dim
+        self.commit_rows, self.commit_seconds = commit_rows, commit_seconds
+        self.seen_failed: set[int] = set()
+        self.pending_ids: list[str] = []
+        self.pending_set: set[str] = set()
+        self.pending_x: list[np.ndarray] = []
+        self.pending_compute: dict | None = None
+        self.last = time.monotonic()
+
+    def add(self, batch: dict) -> int:
+        """Take one result batch; returns the number of rows newly accounted for (stored or failed)."""
+        rows: list[int] = []
+        n = 0
+        computes = np.asarray(batch["compute"])
+        for row, (i, ok, reason) in enumerate(zip(batch["idx"], batch["ok"], batch["reason"])):
+            i = int(i)
+            image_id = self.ids[i]
+            if image_id in self.writer.existing or image_id in self.pending_set or i in self.seen_failed:
+                continue  # a block recomputed after a worker was lost: each image is stored once
+            n += 1
+            if not ok:
+                self.seen_failed.add(i)
+                self.report.failures.append((image_id, self.paths[i], str(reason)))
+                continue
+            rows.append(row)
+        if rows:
+            X = np.asarray(batch["embedding"], np.float32)[rows]
+            if X.shape != (len(rows), self.dim):
+                raise ValueError(f"a Ray worker returned embeddings of shape {X.shape}, expected ({len(rows)}, {self.dim})")
+            compute = json.loads(str(computes[rows[0]]))
+            if self.pending_ids and compute != self.pending_compute:  # one provenance per journal commit
+                self.flush()
+            new = [self.ids[int(batch["idx"][r])] for r in rows]
+            self.pending_ids.extend(new)
+            self.pending_set.update(new)
+            self.pending_x.append(X)
+            self.pending_compute = compute
+        if len(self.pending_ids) >= self.commit_rows or time.monotonic() - self.last >= self.commit_seconds:
+            self.flush()
+        return n
+
+    def flush(self) -> None:
+        """Append the rows waiting (one atomic commit)."""
+        if self.pending_ids:
+            self.writer.append(self.pending_ids, np.concatenate(self.pending_x), compute=self.pending_compute)
+            self.report.n_done += len(self.pending_ids)
+            self.pending_ids, self.pending_set, self.pending_x = [], set(), []
+        self.last = time.monotonic()
 
 
 def _our_error(e: BaseException) -> BaseException | None:

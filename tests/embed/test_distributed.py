@@ -202,13 +202,13 @@ def test_worker_node_removed_mid_run_every_image_once(cluster, backbone, tmp_pat
     pngs = write_pngs(tmp_path / "png", 80, seed=11)
     node = cluster.add_node(num_cpus=1, object_store_memory=100 * MB)
     cluster.wait_for_nodes()
-    commit = distributed._commit
+    add = distributed._Committer.add
 
-    def slow_commit(*args, **kwargs):  # the driver takes its time, so the removal lands mid-run
+    def slow_add(self, batch):  # the driver takes its time, so the removal lands mid-run
         time.sleep(0.15)
-        return commit(*args, **kwargs)
+        return add(self, batch)
 
-    monkeypatch.setattr(distributed, "_commit", slow_commit)
+    monkeypatch.setattr(distributed._Committer, "add", slow_add)
     store_path = tmp_path / "s.h5"
     journal = store_path.with_name(store_path.name + ".journal")
     removed = threading.Event()
@@ -224,7 +224,7 @@ def test_worker_node_removed_mid_run_every_image_once(cluster, backbone, tmp_pat
     t.start()
     rep = cxr_embed.extract(pngs, backbone, store_path, batch_size=4, progress=False, engine="ray",
                             ray_address=cluster.address,
-                            ray_options=dict(OPTIONS, actors=2, block_rows=4))
+                            ray_options=dict(OPTIONS, actors=2, block_rows=4, commit_rows=4))
     t.join(timeout=60)
     assert removed.is_set()
     assert (rep.n_done, rep.n_failed) == (80, 0)
@@ -242,11 +242,11 @@ _DRIVER = textwrap.dedent(
     from test_extraction import real_backbone
     import cxr_embed
     from cxr_embed.embed import distributed
-    commit = distributed._commit
-    def slow_commit(*args, **kwargs):  # spread the driver's work so that the kill lands mid-run
+    add = distributed._Committer.add
+    def slow_add(self, batch):  # spread the driver's work so that the kill lands mid-run
         time.sleep(0.3)
-        return commit(*args, **kwargs)
-    distributed._commit = slow_commit
+        return add(self, batch)
+    distributed._Committer.add = slow_add
     paths = json.load(open({paths!r}))
     cxr_embed.extract(paths, real_backbone({model!r}), {store!r}, batch_size=4, progress=False, engine="ray",
                       ray_address={address!r}, ray_options={options!r})
@@ -264,7 +264,7 @@ def test_driver_killed_mid_run_resumes_without_recomputing(cluster, backbone, mo
     script = tmp_path / "driver.py"
     script.write_text(_DRIVER.format(tests=str(HERE), paths=str(tmp_path / "paths.json"), model=str(model_path),
                                      store=str(store_path), address=cluster.address,
-                                     options=dict(OPTIONS, block_rows=4)))
+                                     options=dict(OPTIONS, block_rows=4, commit_rows=4)))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, str(script)], env=env, cwd=str(ROOT),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
