@@ -255,12 +255,17 @@ def run_ray_extraction(plan: RayPlan, todo, ids, paths, writer, report, *, batch
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 bar.update(committer.add(batch))
-            committer.flush()
         except Exception as e:  # noqa: BLE001 - Ray wraps what workers raise; surface our own error
+            committer.flush_quietly()  # rows already computed (by workers with the right fingerprint) are kept
             cause = _our_error(e)
             if cause is not None and cause is not e:
                 raise cause from e
             raise
+        except BaseException:  # Ctrl-C: keep what is computed, then stop
+            committer.flush_quietly()
+            raise
+        else:
+            committer.flush()
         finally:
             bar.close()
 
@@ -322,6 +327,14 @@ class _Committer:
             self.report.n_done += len(self.pending_ids)
             self.pending_ids, self.pending_set, self.pending_x = [], set(), []
         self.last = time.monotonic()
+
+    def flush_quietly(self) -> None:
+        """Flush while another error is being raised (that error is the one to report)."""
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001 - e.g. the writer itself failed; the rows are recomputed next run
+            logger.warning("could not commit %d computed rows while stopping; the next run recomputes them",
+                           len(self.pending_ids), exc_info=True)
 
 
 def _our_error(e: BaseException) -> BaseException | None:
