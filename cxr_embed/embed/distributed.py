@@ -3,7 +3,7 @@
 :func:`cxr_embed.extract` with ``engine="ray"`` runs this module's pipeline instead of its local
 workers. It is a `Ray Data <https://docs.ray.io/en/latest/data/data.html>`_ pipeline of two stages:
 
-1. **decoding** (Ray tasks, ``decode_cpus`` CPUs each, anywhere in the cluster): each block of
+1. **decoding** (Ray tasks, ``decode_cpus`` CPUs each, spread over the cluster): each block of
    ``(index, path)`` rows is read and prepared by the local engine's own worker function
    (:func:`cxr_embed.embed.extraction._read_and_prepare`: ``read_image`` then ``prepare_image``
    with the backbone's input size and resize mode), so a pixel is decoded by the same code
@@ -54,8 +54,12 @@ RAY_OPTIONS = {
     "block_rows": "images per decoding task (default 4 * batch_size)",
     "init": "keyword arguments of ray.init when extract starts or connects the session",
     "runtime_env": "Ray runtime_env of both stages (e.g. env_vars, pip); default none",
+    "actor_memory": "bytes of memory reserved by each embedding actor (default 1 GiB)",
     "commit_rows": "rows per store commit on the driver (default max(batch_size, 256); also every 10 s)",
 }
+
+
+_ACTOR_MEMORY = 1 << 30  # a TensorFlow runtime and one CNN
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,8 @@ def plan_ray_extraction(backbone, *, workers: int | None, address: str | None, o
     for key in ("actors", "block_rows", "commit_rows"):
         if options.get(key) is not None and int(options[key]) < 1:
             raise ValueError(f"ray_options[{key!r}] must be >= 1, got {options[key]!r}")
+    if options.get("actor_memory") is not None and float(options["actor_memory"]) <= 0:
+        raise ValueError(f"ray_options['actor_memory'] must be > 0 bytes, got {options['actor_memory']!r}")
     for key in ("actor_cpus", "decode_cpus"):
         if options.get(key) is not None and float(options[key]) < 0:
             raise ValueError(f"ray_options[{key!r}] must be >= 0, got {options[key]!r}")
@@ -160,11 +166,6 @@ def _decode_block(batch: dict, size, mode) -> dict:
             images[row] = arr
             ok[row] = True
     return {"idx": np.asarray(idx, np.int64), "image": images, "ok": ok, "reason": np.asarray(reasons, dtype=object)}
-
-
-def _spread() -> dict:
-    """Remote arguments of each decoding task: spread over the nodes."""
-    return {"scheduling_strategy": "SPREAD"}
 
 
 # ---------------------------------------------------------------- stage 2: embedding actors
@@ -236,18 +237,18 @@ def run_ray_extraction(plan: RayPlan, todo, ids, paths, writer, report, *, batch
         items = [{"idx": int(i), "path": str(p)} for i, p in todo]
         ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / block)))
         del items  # now in the object store (about 200 MB of Python objects per million images)
-        # Decoding tasks are spread over the nodes. Their remote arguments come from a function,
-        # which also keeps Ray Data from fusing the decoding into the actors (fused, an actor would
-        # decode and embed in turn instead of being fed by every CPU of the cluster).
         ds = ds.map_batches(_decode_block, fn_kwargs={"size": plan.size, "mode": plan.mode}, batch_size=None,
                             batch_format="numpy", num_cpus=float(opts.get("decode_cpus", 1)),
-                            compute=ray.data.TaskPoolStrategy(size=plan.workers), ray_remote_args_fn=_spread,
-                            **stage)
+                            compute=ray.data.TaskPoolStrategy(size=plan.workers), **stage)
+        # The actors reserve memory for the model; remote arguments that differ from the decoding
+        # tasks' also keep Ray Data from fusing the decoding into the actors (fused, an actor would
+        # decode and embed in turn instead of being fed by every CPU of the cluster).
         ds = ds.map_batches(
             _EmbedWorker, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
             fn_constructor_kwargs={"config": plan.config, "fingerprint": plan.fingerprint, "precision": plan.precision,
                                    "batch_size": batch_size, "driver_version": __version__},
-            num_cpus=float(opts.get("actor_cpus", 1)), num_gpus=1 if gpus else 0, **stage)
+            num_cpus=float(opts.get("actor_cpus", 1)), num_gpus=1 if gpus else 0,
+            memory=float(opts.get("actor_memory") or _ACTOR_MEMORY), **stage)
         ds.context.enable_progress_bars = False  # the driver shows its own bar
         bar = tqdm(total=len(todo), disable=not progress, unit="img", desc=f"embedding on ray ({plan.config.get('name', '')})")
         committer = _Committer(ids, paths, writer, report, plan.dim,

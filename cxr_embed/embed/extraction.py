@@ -351,8 +351,8 @@ def extract(
         ``None`` reuses this process's Ray session or starts a local one sized to this
         machine. A session that ``extract`` started or connected is shut down at the end.
     ray_options : dict, optional
-        With ``engine="ray"``: ``actors``, ``actor_cpus``, ``decode_cpus``, ``block_rows``,
-        ``init`` (``ray.init`` arguments), ``runtime_env`` (see
+        With ``engine="ray"``: ``actors``, ``actor_cpus``, ``actor_memory``, ``decode_cpus``,
+        ``block_rows``, ``commit_rows``, ``init`` (``ray.init`` arguments), ``runtime_env`` (see
         :data:`cxr_embed.embed.distributed.RAY_OPTIONS`).
 
     Returns

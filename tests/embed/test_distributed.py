@@ -212,12 +212,14 @@ def test_worker_node_removed_mid_run_every_image_once(cluster, backbone, tmp_pat
     store_path = tmp_path / "s.h5"
     journal = store_path.with_name(store_path.name + ".journal")
     removed = threading.Event()
+    stored_at_removal: list[int] = []
 
     def remove_when_started():
         deadline = time.time() + 240
         while not any(journal.glob("*.h5")) and time.time() < deadline:
             time.sleep(0.05)
         cluster.remove_node(node, allow_graceful=False)
+        stored_at_removal.append(cxr_embed.EmbeddingStore(store_path).ids(backbone).size)
         removed.set()
 
     t = threading.Thread(target=remove_when_started, daemon=True)
@@ -226,7 +228,7 @@ def test_worker_node_removed_mid_run_every_image_once(cluster, backbone, tmp_pat
                             ray_address=cluster.address,
                             ray_options=dict(OPTIONS, actors=2, block_rows=4, commit_rows=4))
     t.join(timeout=60)
-    assert removed.is_set()
+    assert removed.is_set() and 0 < stored_at_removal[0] < 80  # removed mid-run
     assert (rep.n_done, rep.n_failed) == (80, 0)
     ids = cxr_embed.EmbeddingStore(store_path).ids(backbone).tolist()
     assert len(ids) == len(set(ids)) == 80 and set(ids) == set(pngs)
