@@ -193,6 +193,28 @@ def test_missing_ray_gives_the_install_hint(backbone, tmp_path, monkeypatch):
             pass
 
 
+def test_session_is_reused_or_started_and_only_ours_is_shut_down(monkeypatch):
+    import types
+
+    from cxr_embed._ray import ray_session
+
+    calls = []
+    fake = types.SimpleNamespace(
+        initialized=False, is_initialized=lambda: fake.initialized,
+        init=lambda address=None, **kw: calls.append(("init", address, kw)),
+        shutdown=lambda: calls.append(("shutdown",)))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setitem(sys.modules, "ray.data", types.ModuleType("ray.data"))
+    with ray_session("HOST:6379", {"num_cpus": 2}, data=True):
+        assert calls == [("init", "HOST:6379", {"include_dashboard": False, "log_to_driver": False, "num_cpus": 2})]
+    assert calls[-1] == ("shutdown",)
+    calls.clear()
+    fake.initialized = True  # this process already has a session: use it, leave it running
+    with ray_session("auto"):
+        pass
+    assert calls == []
+
+
 # --------------------------------------------------------------- slow set
 @pytest.mark.slow
 def test_worker_node_removed_mid_run_every_image_once(cluster, backbone, tmp_path, monkeypatch):
