@@ -19,7 +19,8 @@ Stages (each timed; the wall times are printed at the end):
    the same folds, with external validation on site C;
 7. Grad-CAM overlays of a few true positives, with the true lesion outlined: through the
    logistic regression on Lite0 embeddings and through the fine-tuned CNN;
-8. the HTML report.
+8. the HTML report: a summary sentence per setting and a forest plot first, then the tables,
+   ROC and calibration curves, the best approach's metrics and the overlays in a grid.
 """
 from __future__ import annotations
 
@@ -220,15 +221,16 @@ def _saliency(result, bb, target, site_dir: Path, out: Path, n: int) -> dict:
     for i in chosen:
         row = target.iloc[i]
         contour = mask_of.get(str(row["image_id"]))
+        region = "; white outline: the true lesion" if contour is not None else ""
         s = cxr_embed.explain(row["path"], result.models[logreg], backbone=bb, method="gradcam", label=label)
         png = cxr_embed.save_overlay(s, out / f"{row['image_id']}_logreg_gradcam.png", contour=contour)
-        images[f"Grad-CAM, logreg on {bb.name} embeddings: {row['image_id']} ({label}, p={s.score:.2f})"] = png
+        images[f"{row['image_id']}: {label}, p = {s.score:.2f}. Grad-CAM of logreg on {bb.name} embeddings{region}"] = png
         print(f"   {png}")
         if cnn is not None:
             s = cxr_embed.explain(row["path"], result.models[cnn], method="gradcam", label=label, labels=LABELS,
                                   resize=bb.resize)
             png = cxr_embed.save_overlay(s, out / f"{row['image_id']}_finetuned_gradcam.png", contour=contour)
-            images[f"Grad-CAM, fine-tuned CNN: {row['image_id']} ({label}, p={s.score:.2f})"] = png
+            images[f"{row['image_id']}: {label}, p = {s.score:.2f}. Grad-CAM of the fine-tuned CNN{region}"] = png
             print(f"   {png}")
     return images
 

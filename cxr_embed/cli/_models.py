@@ -11,6 +11,8 @@ import argparse
 import sys
 from typing import Any
 
+from ._bundles import add_key_arguments, bundle_key, load_bundle
+
 __all__ = ["register"]
 
 
@@ -66,7 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True, help="bundle directory to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing bundle (only a folder that is recognisably a bundle is replaced)")
+    add_key_arguments(p, loading=False)
     p.set_defaults(func=_cmd_fit)
 
     p = subparsers.add_parser(
@@ -82,6 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True, help="report directory")
+    add_key_arguments(p, loading=True)
     p.set_defaults(func=_cmd_evaluate)
 
     p = subparsers.add_parser(
@@ -91,6 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data_args(p)
     p.add_argument("--model", required=True, help="bundle directory (cxr-embed fit)")
     p.add_argument("--out", required=True, help="CSV file to write")
+    add_key_arguments(p, loading=True)
     p.set_defaults(func=_cmd_predict)
 
 
@@ -177,6 +183,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from cxr_embed.learn.labels import normalize_policy
 
     wanted = None if args.labels is None else [s.strip() for s in args.labels.split(",") if s.strip()]
+    key = bundle_key(args)  # a bad key file fails before the fit, not after it
     try:
         policy = normalize_policy(args.policy)
         pca = None if args.pca is None else (int(args.pca) if args.pca >= 1 else float(args.pca))
@@ -203,7 +210,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
              # so `cxr-embed explain` can rebuild the backbone without the store
              "backbone_config": cxr_embed.EmbeddingStore(args.store, mode="r").info()["backbones"][fp].get("config")}
     path = cxr_embed.save_model(args.out, estimator, labels=labels, backbone_fingerprint=fp, manifest=manifest,
-                                metrics=summary, extra=extra, overwrite=args.overwrite)
+                                metrics=summary, extra=extra, overwrite=args.overwrite, key=key)
     print(f"model bundle written to {path}")
     return 0
 
@@ -249,9 +256,7 @@ def _subgroups(manifest: Any, spec: str) -> dict:
 
 
 def _predictions(args: argparse.Namespace):
-    import cxr_embed
-
-    bundle = cxr_embed.load_model(args.model)
+    bundle = load_bundle(args, args.model)
     manifest, X, fp = _load_data(args, bundle.backbone_fingerprint)
     proba = bundle.predict_proba(X, fingerprint=fp)
     return bundle, manifest, proba

@@ -40,7 +40,8 @@ from .._ray import cluster_resources, ray_session
 from .._utils import stable_json
 from .._version import __version__
 from ..exceptions import BackboneError, CxrEmbedError, FingerprintMismatchError, WeightsError
-from .extraction import _embed_fixed, _picklable_prepare, _read_and_prepare
+from ..io.dicom import DEFAULT_MAX_PIXELS
+from .extraction import _NONFINITE_REASON, _embed_fixed, _picklable_prepare, _read_and_prepare
 
 __all__ = ["RAY_OPTIONS", "RayPlan", "plan_ray_extraction", "run_ray_extraction"]
 
@@ -152,10 +153,10 @@ def plan_ray_extraction(backbone, *, workers: int | None, address: str | None, o
 
 
 # ---------------------------------------------------------------- stage 1: decoding tasks
-def _decode_block(batch: dict, size, mode) -> dict:
+def _decode_block(batch: dict, size, mode, max_pixels=DEFAULT_MAX_PIXELS) -> dict:
     """Ray task: decode and prepare one block of rows ``idx``, ``path`` (one channel per image)."""
     idx = [int(i) for i in batch["idx"]]
-    decoded = _read_and_prepare(list(zip(idx, [str(p) for p in batch["path"]])), size, mode)
+    decoded = _read_and_prepare(list(zip(idx, [str(p) for p in batch["path"]])), size, mode, max_pixels)
     images = np.zeros((len(idx), int(size[0]), int(size[1])), np.float32)
     ok = np.zeros(len(idx), bool)
     reasons = [""] * len(idx)
@@ -193,17 +194,21 @@ class _EmbedWorker:
         self.compute = stable_json(backbone.compute)
 
     def __call__(self, batch: dict) -> dict:
-        ok = np.asarray(batch["ok"], bool)
+        ok = np.array(batch["ok"], bool)
+        reason = np.array(batch["reason"], dtype=object)
         out = np.zeros((len(ok), int(self.backbone.dim)), np.float32)
         if ok.any():  # one forward pass of exactly batch_size rows, as in the local engine
             images = [np.repeat(a[:, :, None], 3, axis=2) for a in np.asarray(batch["image"])[ok]]
             out[ok] = _embed_fixed(self.backbone, images, self.batch_size)
-        return {"idx": batch["idx"], "ok": ok, "reason": batch["reason"], "embedding": out,
+            bad = ok & ~np.isfinite(out).all(axis=1)  # a NaN row is a failure of that image, as locally
+            ok[bad], reason[bad], out[bad] = False, _NONFINITE_REASON, 0.0
+        return {"idx": batch["idx"], "ok": ok, "reason": reason, "embedding": out,
                 "compute": np.asarray([self.compute] * len(ok), dtype=object)}
 
 
 # ---------------------------------------------------------------- the driver
-def run_ray_extraction(plan: RayPlan, todo, ids, paths, writer, report, *, batch_size: int, progress: bool) -> None:
+def run_ray_extraction(plan: RayPlan, todo, ids, paths, writer, report, *, batch_size: int, progress: bool,
+                       max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
     """Run the pipeline for ``todo`` (list of (index, path)) and commit every result through ``writer``.
 
     Called by :func:`cxr_embed.extract` with ``engine="ray"`` inside its writer context;
@@ -222,6 +227,8 @@ def run_ray_extraction(plan: RayPlan, todo, ids, paths, writer, report, *, batch
         Rows of every forward pass.
     progress : bool
         tqdm bar on the driver.
+    max_pixels : int or None
+        Pixel budget of each image (:func:`cxr_embed.read_image`), checked before decoding.
     """
     from tqdm.auto import tqdm
 
@@ -237,7 +244,7 @@ def run_ray_extraction(plan: RayPlan, todo, ids, paths, writer, report, *, batch
         items = [{"idx": int(i), "path": str(p)} for i, p in todo]
         ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / block)))
         del items  # now in the object store (about 200 MB of Python objects per million images)
-        ds = ds.map_batches(_decode_block, fn_kwargs={"size": plan.size, "mode": plan.mode}, batch_size=None,
+        ds = ds.map_batches(_decode_block, fn_kwargs={"size": plan.size, "mode": plan.mode, "max_pixels": max_pixels}, batch_size=None,
                             batch_format="numpy", num_cpus=float(opts.get("decode_cpus", 1)),
                             compute=ray.data.TaskPoolStrategy(size=plan.workers), **stage)
         # The actors reserve memory for the model; remote arguments that differ from the decoding

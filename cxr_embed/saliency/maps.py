@@ -465,7 +465,7 @@ def save_overlay(saliency: Saliency, path, *, image: np.ndarray | None = None, c
         Opacity of the map.
     colorbar : bool, default True
     title : str, optional
-        Default: method, label and score.
+        Default: method, label (when named) and score, e.g. ``"gradcam | opacity | p=0.91"``.
     dpi : int, default 100
     contour : ndarray of shape (H, W), bool, optional
         A region (lesion mask) to outline in white.
@@ -496,7 +496,10 @@ def save_overlay(saliency: Saliency, path, *, image: np.ndarray | None = None, c
     if contour is not None:
         ax.contour(np.asarray(contour, float), levels=[0.5], colors="white", linewidths=1)
     ax.set_axis_off()
-    ax.set_title(title if title is not None else f"{saliency.method} | {saliency.label} | p={saliency.score:.2f}", fontsize=9)
+    if title is None:  # a single-label model explains an unnamed label: no "None" in the title
+        title = " | ".join([str(x) for x in (saliency.method, saliency.label) if x is not None]
+                           + [f"p={saliency.score:.2f}"])
+    ax.set_title(title, fontsize=9)
     if colorbar:
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="saliency")
     path = Path(path)
