@@ -54,6 +54,7 @@ _LAZY = {
     "clinical_importance": "cxr_embed.learn.clinical",
     "plot_importance": "cxr_embed.learn.clinical",
     "ComBat": "cxr_embed.learn.harmonization",
+    "ray_backend": "cxr_embed.learn.distributed",
     "evaluate_predictions": "cxr_embed.evaluate.metrics",
     "roc_auc_ci": "cxr_embed.evaluate.metrics",
     "delong_test": "cxr_embed.evaluate.metrics",

@@ -14,13 +14,14 @@ import pytest
 from conftest import ROOT
 
 PACKAGE = ROOT / "cxr_embed"
-SHARED = {"exceptions", "_utils", "_version"}
+SHARED = {"exceptions", "_utils", "_version", "_ray"}
 # part -> parts it may import (besides itself); "" is the package root (`import cxr_embed`)
 ALLOWED = {
     "": {"exceptions", "_version"},
     "exceptions": set(),
     "_version": set(),
     "_utils": {"exceptions"},
+    "_ray": {"_utils", "exceptions"},
     "io": SHARED,
     "embed": SHARED | {"io"},
     "evaluate": SHARED,
@@ -30,7 +31,7 @@ ALLOWED = {
     "datasets": SHARED,
     "cli": SHARED | {"", "io", "embed", "learn", "evaluate", "saliency", "transfer", "datasets"},
 }
-HEAVY = {"tensorflow", "keras", "xgboost", "tf_keras_vis", "matplotlib"}
+HEAVY = {"tensorflow", "keras", "xgboost", "tf_keras_vis", "matplotlib", "ray"}
 # modules that cannot work without Keras may import it at the top; everyone else inside functions
 HEAVY_AT_TOP = {"cxr_embed.embed.backbones", "cxr_embed.embed.compute", "cxr_embed.embed.graph",
                 "cxr_embed.transfer.finetuning"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any
 
 __all__ = ["register"]
@@ -48,6 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse images whose header declares more pixels (default 100 megapixels)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16"], help="storage type of a new group")
+    p.add_argument("--engine", default=None, choices=["local", "ray"],
+                   help="local (default): decoding workers in this process; ray: a Ray Data pipeline on a Ray "
+                        "cluster (pip install 'cxr_embed[ray]'), this process stays the only writer of the store")
+    p.add_argument("--ray-address", default=None,
+                   help="implies --engine ray: cluster address (auto, HOST:6379); without it, a local Ray "
+                        "instance sized to this machine is started and shut down")
+    p.add_argument("--ray-actors", type=int, default=None,
+                   help="implies --engine ray: embedding actors (default: one per GPU of the cluster, else 1)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=_cmd_extract)
@@ -69,10 +78,20 @@ def _backbone(args):
 def _cmd_extract(args: argparse.Namespace) -> int:
     import cxr_embed
 
+    ray_flags = args.ray_address is not None or args.ray_actors is not None
+    if args.engine == "local" and ray_flags:
+        print("error: --ray-address and --ray-actors are options of --engine ray, not --engine local", file=sys.stderr)
+        return 2
     manifest = cxr_embed.load_manifest(args.manifest)
     backbone = _backbone(args)
+    engine = args.engine or ("ray" if ray_flags else "local")
+    ray_kw = {}
+    if engine == "ray":
+        ray_kw = {"ray_address": args.ray_address,
+                  "ray_options": {"actors": args.ray_actors} if args.ray_actors is not None else None}
     report = cxr_embed.extract(manifest, backbone, args.store, batch_size=args.batch_size,
                                workers=args.workers, progress=args.progress, dtype=args.dtype,
+                               engine=engine, **ray_kw,
                                **({} if args.max_pixels is None else {"max_pixels": args.max_pixels}))
     if args.json:
         d = dict(vars(report))

@@ -36,6 +36,9 @@ __all__ = ["extract", "ExtractionReport", "default_workers"]
 logger = logging.getLogger(__name__)
 
 _RESIZE_MODES = ("pad", "resize", "crop")
+ENGINES = ("local", "ray")
+_NONFINITE_REASON = ("NonFiniteEmbedding: the backbone returned non-finite values (NaN/inf) for this image; "
+                     "it was not stored")
 
 
 @dataclass
@@ -382,6 +385,9 @@ def extract(
     executor: str = "auto",
     prefetch: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_options: dict | None = None,
 ) -> ExtractionReport:
     """Embed every image not yet in the store, in batches, committing each batch as it finishes.
 
@@ -416,6 +422,23 @@ def extract(
     max_pixels : int or None, default 100_000_000
         Pixel budget of each image (see :func:`cxr_embed.read_image`), checked from the header
         before decoding; larger images are failures (``ImageTooLargeError``). ``None``: no limit.
+    engine : {"local", "ray"}
+        ``"local"``: the workers above, in this process. ``"ray"``: a Ray Data pipeline
+        (:mod:`cxr_embed.embed.distributed`): decoding tasks on the cluster's CPUs, the backbone
+        rebuilt from its config in one actor per GPU (CPU actors without GPUs), its fingerprint
+        checked on each worker before any image is embedded; this process stays the only
+        writer of the store, and the embeddings are bit-identical to ``"local"`` on the same
+        machine. ``workers`` then bounds the decoding tasks at once (``None``: as many as the
+        cluster's CPUs allow); ``executor`` and ``prefetch`` are not used. Needs
+        ``pip install "cxr_embed[ray]"``.
+    ray_address : str, optional
+        With ``engine="ray"``: the cluster to connect to (``"auto"``, ``"HOST:6379"``);
+        ``None`` reuses this process's Ray session or starts a local one sized to this
+        machine. A session that ``extract`` started or connected is shut down at the end.
+    ray_options : dict, optional
+        With ``engine="ray"``: ``actors``, ``actor_cpus``, ``actor_memory``, ``decode_cpus``,
+        ``block_rows``, ``commit_rows``, ``init`` (``ray.init`` arguments), ``runtime_env`` (see
+        :data:`cxr_embed.embed.distributed.RAY_OPTIONS`).
 
     Returns
     -------
@@ -428,7 +451,10 @@ def extract(
     StoreLockedError
         Another writer holds the store.
     FingerprintMismatchError
-        The store's group for this backbone was written with another configuration.
+        The store's group for this backbone was written with another configuration, or
+        (``engine="ray"``) a worker's weights differ from this process's.
+    MissingDependencyError
+        ``engine="ray"`` without Ray installed.
 
     Notes
     -----
@@ -453,11 +479,20 @@ def extract(
     batch_size = int(batch_size)
     if executor not in ("auto", "process", "thread"):
         raise ValueError(f"executor must be 'auto', 'process' or 'thread', got {executor!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     max_pixels = _check_max_pixels(max_pixels)
     n_workers = default_workers() if workers is None else int(workers)
     if n_workers < 0:
         raise ValueError(f"workers must be >= 0 or None, got {workers}")
     ids, paths = _as_items(manifest_or_paths)
+    if engine == "local" and (ray_address is not None or ray_options):
+        raise ValueError("ray_address and ray_options are options of engine='ray'; fix: pass engine='ray' or drop them")
+    ray_plan = None
+    if engine == "ray":  # everything checkable is checked before the store is opened
+        from .distributed import plan_ray_extraction
+
+        ray_plan = plan_ray_extraction(backbone, workers=workers, address=ray_address, options=ray_options)
     store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store, mode="a")
     report = ExtractionReport(store_path=str(store.path), fingerprint=str(backbone.fingerprint))
     t0 = time.perf_counter()
@@ -465,10 +500,16 @@ def extract(
         todo = [(i, p) for i, p in enumerate(paths) if ids[i] not in w.existing]
         report.n_cached = len(ids) - len(todo)
         logger.info(
-            "extracting %d images with %s (%d already in %s), batch %d, %d workers",
-            len(todo), getattr(backbone, "name", "backbone"), report.n_cached, store.path, batch_size, n_workers,
+            "extracting %d images with %s (%d already in %s), batch %d, %s workers, engine %s",
+            len(todo), getattr(backbone, "name", "backbone"), report.n_cached, store.path, batch_size,
+            workers if engine == "ray" else n_workers, engine,
         )
-        if todo:
+        if todo and ray_plan is not None:
+            from .distributed import run_ray_extraction
+
+            run_ray_extraction(ray_plan, todo, ids, paths, w, report, batch_size=batch_size, progress=progress,
+                               max_pixels=max_pixels)
+        elif todo:
             _run(todo, ids, paths, backbone, w, report, batch_size, n_workers, executor, prefetch, progress,
                  max_pixels)
     report.seconds = time.perf_counter() - t0
@@ -497,8 +538,7 @@ def _run(todo, ids, paths, backbone, w, report, batch_size, n_workers, executor,
         finite = np.isfinite(X).all(axis=1)
         for i in np.flatnonzero(~finite):  # a NaN row is never stored (it would poison every classifier)
             idx = batch_idx[i]
-            report.failures.append((ids[idx], paths[idx], "NonFiniteEmbedding: the backbone returned "
-                                    "non-finite values (NaN/inf) for this image; it was not stored"))
+            report.failures.append((ids[idx], paths[idx], _NONFINITE_REASON))
         keep = [ids[idx] for idx in batch_idx]
         if not finite.all():
             keep = [k for k, ok in zip(keep, finite, strict=True) if ok]

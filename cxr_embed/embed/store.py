@@ -742,7 +742,7 @@ class StoreWriter:
             raise
         return self
 
-    def append(self, ids: Sequence[str], X: np.ndarray) -> None:
+    def append(self, ids: Sequence[str], X: np.ndarray, *, compute: dict | None = None) -> None:
         """Commit a batch of embeddings.
 
         Parameters
@@ -751,6 +751,8 @@ class StoreWriter:
             New ids; duplicates within the batch or already stored are refused.
         X : array-like of shape (n, dim)
             Embeddings, cast to the group's dtype.
+        compute : dict, optional
+            How these rows were computed (provenance) when not by the writer's ``backbone.compute``.
 
         Raises
         ------
@@ -802,8 +804,8 @@ class StoreWriter:
             j.attrs["dtype"] = self.dtype
             j.attrs["count"] = int(ids.size)
             j.attrs["created"] = _now()
-            if self._compute is not None:
-                j.attrs["compute"] = self._compute
+            if isinstance(compute, dict) or self._compute is not None:  # compute= e.g. from a Ray worker
+                j.attrs["compute"] = stable_json([compute]) if isinstance(compute, dict) else self._compute
             j.attrs["attrs_sha256"] = attrs_digest(j.attrs)
             j.attrs["ids_sha256"] = ids_digest(ids.tolist())
             j.attrs["rows_sha256"] = rows_digest(X, self.dtype)
