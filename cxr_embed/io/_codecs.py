@@ -78,6 +78,22 @@ def reduce_level(shape: tuple[int, int], needed: tuple[int, int], levels: int) -
     return r
 
 
+def _pillow_size_agrees(shape: tuple[int, int], r: int) -> bool:
+    """Whether Pillow's size of a level-``r`` image equals OpenJPEG's.
+
+    OpenJPEG makes a reduced image ``ceil(n / 2**r)`` wide; Pillow 10-13 expect
+    ``(n + 2**(r-1)) // 2**r`` and refuse the data ("broken data stream") where the two differ
+    (RG1's 1841 columns at r = 2: 461 vs 460). Such levels are skipped.
+
+    Examples
+    --------
+    >>> _pillow_size_agrees((1955, 1841), 1), _pillow_size_agrees((1955, 1841), 2)
+    (True, False)
+    """
+    power = 2**r
+    return all((n + power // 2) // power == -(-n // power) for n in shape)
+
+
 def decode_pillow_reduced(data: bytes, needed: tuple[int, int], *, precision: int | None = None):
     """Decode a JPEG 2000 codestream or a JPEG at the smallest scale covering ``needed`` (rows, cols).
 
@@ -104,7 +120,10 @@ def decode_pillow_reduced(data: bytes, needed: tuple[int, int], *, precision: in
             return None
         if precision is not None and info["precision"] != precision:
             return None
-        r = reduce_level((info["rows"], info["columns"]), needed, int(info["levels"] or 0))
+        shape = (info["rows"], info["columns"])
+        r = reduce_level(shape, needed, int(info["levels"] or 0))
+        while r > 0 and not _pillow_size_agrees(shape, r):
+            r -= 1
         if r == 0:
             return None
         with Image.open(io.BytesIO(data)) as im:

@@ -476,8 +476,9 @@ def _decode_pixels(ds, path: Path, st: os.stat_result, *, frame, salt, max_pixel
     Returns ``(arr, meta, info)``: the stored values (BitsStored masked, sign-extended, native byte
     order), the PHI-free metadata, and ``info`` (``keyword``, ``photometric``, ``signed``,
     ``color``, ``reduction``: the factor of a reduced decode, 1 when decoded in full).
-    ``reduced_to`` ((rows, cols) or None) allows a JPEG 2000 / JPEG frame to be decoded at the
-    smallest resolution that still covers it (:mod:`._codecs`).
+    ``reduced_to`` (None, or a callable ``(rows, cols) -> (rows, cols)`` giving the smallest size
+    needed) allows a JPEG 2000 / JPEG frame to be decoded at the smallest resolution that still
+    covers it (:mod:`._codecs`); it is called only after the header checks.
     """
     if len(ds) == 0:
         # pydicom gives up on a broken element (e.g. pixel data cut short) and returns nothing
@@ -516,7 +517,7 @@ def _decode_pixels(ds, path: Path, st: os.stat_result, *, frame, salt, max_pixel
     reduction = 1.0
     arr = None
     if reduced_to is not None and n_frames == 1 and keyword == "PixelData" and not signed and pi.startswith("MONO"):
-        arr, reduction = _decode_reduced(ds, path, meta, reduced_to)
+        arr, reduction = _decode_reduced(ds, path, meta, reduced_to((geometry["Rows"], geometry["Columns"])))
     try:
         if arr is None:
             arr = pixel_array(ds, index=index if n_frames > 1 else None)
