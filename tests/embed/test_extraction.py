@@ -226,7 +226,7 @@ def test_custom_prepare_uses_threads_and_refuses_process(model_path, pngs, tmp_p
     duck = DuckBackbone(model_path, resize="resize")
     from cxr_embed.embed.extraction import _picklable_prepare
 
-    assert _picklable_prepare(duck) == ((SIZE, SIZE), "resize")  # the probe finds the mode
+    assert _picklable_prepare(duck)[:3] == ((SIZE, SIZE), "resize", "area")  # the probe finds mode and filter
     duck._mode = "crop"
     duck.prepare = lambda image: np.flipud(DuckBackbone.prepare(duck, image)).copy()  # custom: no mode matches
     assert _picklable_prepare(duck) is None
