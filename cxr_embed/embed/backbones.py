@@ -103,7 +103,7 @@ class Backbone(ComputeMixin):
         How :meth:`prepare` fits a radiograph to the input size (part of the fingerprint).
     interpolation : {"area", "bilinear"}
         Downscaling filter of :meth:`prepare` (part of the fingerprint). ``"bilinear"`` gives the
-        fingerprints (and so the stores) of cxr_embed before 0.3.
+        fingerprints (and so the stores) of cxr_embed 0.1 (and 0.2 before issue 11).
     decode : {"full", "reduced"}
         Resolution at which :func:`cxr_embed.extract` decodes JPEG 2000 / JPEG data (part of the
         fingerprint): ``"reduced"`` decodes at the smallest resolution level / DCT scale that

@@ -327,7 +327,7 @@ class EmbeddingStore:
             diff = ", ".join(f"{k} {got.get(k, 'full' if k == 'decode' else None)!r} there vs "
                              f"{want.get(k, 'full' if k == 'decode' else None)!r} here"
                              for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k))
-            hint = (" (stores written before cxr_embed 0.3 used interpolation='bilinear')"
+            hint = (" (stores written before issue 11 used interpolation='bilinear')"
                     if got.get("interpolation") == "bilinear" else "")
             return (f"the store holds {other.get('name')} embeddings (fingerprint {fp[:16]}...) made with another "
                     f"preprocessing ({diff}), which are never mixed with these; to use them build the backbone "

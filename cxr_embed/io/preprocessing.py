@@ -14,7 +14,7 @@ __all__ = ["prepare_image", "preprocessing_config", "restore_map", "RESIZE_MODES
 RESIZE_MODES = ("pad", "resize", "crop")
 #: Downscaling filters of :func:`prepare_image`: ``"area"`` (default; Pillow's box filter, each output
 #: pixel the mean of the input pixels whose centres fall in its footprint) or ``"bilinear"`` (Pillow's
-#: antialiased triangle filter, the library's default before 0.3: twice the taps, hence slower).
+#: antialiased triangle filter, the default before issue 11: twice the taps, hence slower).
 INTERPOLATIONS = ("area", "bilinear")
 #: How compressed files are decoded for a CNN input (see :func:`cxr_embed.read_prepared`): ``"full"``
 #: (default) at their stored resolution, ``"reduced"`` at the smallest JPEG 2000 resolution level or
@@ -27,7 +27,7 @@ def preprocessing_config(size=(224, 224), mode: str = "pad", *, interpolation: s
     """Describe the preprocessing, for fingerprints and file attributes.
 
     The description of ``interpolation="bilinear", decode="full"`` is exactly that of the library
-    before 0.3, so backbones configured that way keep their fingerprints (and old stores).
+    before issue 11, so backbones configured that way keep their fingerprints (and old stores).
 
     Parameters
     ----------
@@ -181,7 +181,7 @@ def prepare_image(image: np.ndarray, size=(224, 224), *, mode: str = "pad", inte
         ``"crop"`` scales the short side to fit and centre-crops.
     interpolation : {"area", "bilinear"}
         Resampling filter (see :data:`INTERPOLATIONS`); ``"bilinear"`` reproduces the library
-        before 0.3.
+        before issue 11.
 
     Returns
     -------

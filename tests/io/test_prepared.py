@@ -3,7 +3,8 @@
 read_prepared computes prepare_image(read_image(path)) on the stored integers; these tests hold it
 to that, within 0.01 grey levels (16-bit rounding) for DICOM and bit for bit for 8-bit files, on
 every branch of the display function (affine, clipped affine, non-integer breakpoints, SIGMOID,
-VOI LUT Sequence, signed, big endian, MONOCHROME1, colour, float) and on the real radiographs.
+VOI LUT Sequence, signed, big endian, MONOCHROME1, colour, float) and on the real radiographs
+(8-bit files: float rounding only).
 """
 from __future__ import annotations
 
@@ -75,6 +76,12 @@ def test_clipped_affine_detection():
     assert _clipped_affine(np.clip((x - 20.5) / 50, 0, 1)) is None  # a breakpoint between integers
 
 
+def test_narrow_range_far_from_zero(tmp_path):
+    pixels = (_ramp(top=300) + 30000).astype(np.uint16)  # 300 stored values around 30000
+    _close(_write(tmp_path / "n.dcm", pixels, bits_stored=16))
+    _close(_write(tmp_path / "w.dcm", pixels, bits_stored=16, WindowCenter=30150, WindowWidth=200))
+
+
 def test_monochrome1_signed_big_endian_8bit(tmp_path):
     pixels = _ramp(top=3000)
     m1, _ = _close(_write(tmp_path / "m1.dcm", pixels, bits_stored=12, photometric="MONOCHROME1",
@@ -112,7 +119,7 @@ def test_colour_and_float_take_the_two_step_path(tmp_path):
     _close(tif)
 
 
-def test_png_and_jpeg_bit_for_bit(tmp_path):
+def test_png_and_jpeg(tmp_path):
     arr = (_ramp(top=255)).astype(np.uint8)
     png = tmp_path / "a.png"
     Image.fromarray(arr).save(png)
@@ -121,7 +128,7 @@ def test_png_and_jpeg_bit_for_bit(tmp_path):
     for path in (png, jpg):
         want = _two_step(path, (48, 48))
         got, meta = read_prepared(path, (48, 48))
-        np.testing.assert_array_equal(got, want)
+        assert np.abs(got - want).max() < 1e-3  # float rounding only: /255 before or after the resize
         assert meta["reduction"] == 1.0 and meta["bit_depth"] == 8
     png16 = tmp_path / "b.png"
     Image.fromarray(_ramp()).save(png16)
@@ -179,10 +186,10 @@ def test_rg1_twins_identical_and_reduced_close():
     assert meta["reduction"] == 1.0 and np.array_equal(same, uncr)
 
 
-def test_real_nih_pngs_bit_for_bit():
+def test_real_nih_pngs():
     root = shared_dataset("nih_cxr14_1024_sample")
     for path in sorted((root / "images").glob("*.png"))[:3]:
-        np.testing.assert_array_equal(read_prepared(path)[0], _two_step(path, (224, 224)))
+        assert np.abs(read_prepared(path)[0] - _two_step(path, (224, 224))).max() < 1e-3
 
 
 # ------------------------------------------------------------------------- reduced decoders
@@ -196,7 +203,7 @@ def test_j2k_header_and_levels():
     assert info == {"rows": 1760, "columns": 1760, "components": 1, "precision": 10, "signed": False,
                     "levels": 5}
     arr, factor = _codecs.decode_pillow_reduced(frame, (224, 224), precision=10)
-    assert factor == 4 and arr.shape == (440, 440) and arr.max() <= 1023  # stored values, not Pillow's 16 bits
+    assert factor == 4 and arr.shape == (440, 440) and arr.max() <= 1023  # stored values, not 16-bit ones
     full = ds.pixel_array.astype(np.float64)
     box = full.reshape(440, 4, 440, 4).mean(axis=(1, 3))
     assert np.corrcoef(box.ravel(), arr.ravel())[0, 1] > 0.999
@@ -210,7 +217,7 @@ def test_jpeg_draft_reduced(tmp_path):
     path = tmp_path / "big.jpg"
     Image.fromarray(arr).save(path, quality=95)
     got, meta = read_prepared(path, (64, 64), decode="reduced")
-    assert meta["reduction"] == 8.0 and (meta["rows"], meta["columns"]) == (800, 600)
+    assert meta["reduction"] == 4.0 and (meta["rows"], meta["columns"]) == (800, 600)  # >= 2 x 64 px kept
     full, _ = read_prepared(path, (64, 64))
     assert np.abs(got - full).mean() < 1.0
     data = io.BytesIO()
