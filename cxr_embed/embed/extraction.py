@@ -249,11 +249,23 @@ def _pool_starts(ex: ProcessPoolExecutor, spec) -> bool:
         return False
 
 
+def _library_prepare(backbone) -> bool:
+    """Whether ``backbone.prepare`` is :meth:`cxr_embed.Backbone.prepare` itself (not overridden or wrapped).
+
+    Only then do in-process and thread workers bypass it for :func:`cxr_embed.read_prepared`: a
+    custom ``prepare`` that happens to agree with the library on the probe image is still called.
+    """
+    method = getattr(type(backbone), "prepare", None)
+    return ("prepare" not in vars(backbone) and getattr(method, "__qualname__", "") == "Backbone.prepare"
+            and getattr(method, "__module__", "") == "cxr_embed.embed.backbones")
+
+
 def _make_executor(kind: str, workers: int, backbone, max_pixels=DEFAULT_MAX_PIXELS):
     """(executor or None, task callable taking a list of (index, path))."""
     spec = _picklable_prepare(backbone)
+    local_spec = spec if _library_prepare(backbone) else None
     if workers == 0:
-        return None, _local_task(backbone, max_pixels, spec)
+        return None, _local_task(backbone, max_pixels, local_spec)
     if kind == "process" or (kind == "auto" and workers > 1):
         if spec is not None:
             ctx = multiprocessing.get_context("spawn")  # never fork a process that runs TensorFlow
@@ -287,7 +299,7 @@ def _make_executor(kind: str, workers: int, backbone, max_pixels=DEFAULT_MAX_PIX
         if spec is None:
             logger.info("backbone.prepare is custom: decoding in %d threads instead of processes", workers)
     ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxr_embed-decode")
-    local = _local_task(backbone, max_pixels, spec)
+    local = _local_task(backbone, max_pixels, local_spec)
 
     def task(items, _ex=ex):
         return _ex.submit(local, items)

@@ -61,6 +61,7 @@ from ._store_io import (FORMAT, FORMAT_VERSION, attr_str, attrs_digest, check_at
                         repair_hint, writing)
 from ._store_io import GROUP as _GROUP
 from ._store_io import as_identity as _as_identity
+from ._store_io import preprocessing_hint
 from ._store_io import check_input_ids as _check_ids
 from ._store_io import JOURNAL_FORMAT as _JOURNAL_FORMAT
 from ._store_io import append_rows as _append_rows
@@ -310,31 +311,6 @@ class EmbeddingStore:
             ids = ids[keep]
         return ids, X, meta
 
-    def _other_preprocessing(self, config) -> str:
-        """A sentence naming stored groups of the same backbone that differ only in preprocessing."""
-        if not isinstance(config, dict) or "preprocessing" not in config:
-            return ""
-        try:
-            groups = self.info().get("backbones", {})
-        except Exception:  # noqa: BLE001 - the hint must never hide the real error
-            return ""
-        want = config["preprocessing"]
-        for fp, group in groups.items():
-            other = group.get("config") or {}
-            got = other.get("preprocessing")
-            if other.get("name") != config.get("name") or not isinstance(got, dict) or got == want:
-                continue
-            diff = ", ".join(f"{k} {got.get(k, 'full' if k == 'decode' else None)!r} there vs "
-                             f"{want.get(k, 'full' if k == 'decode' else None)!r} here"
-                             for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k))
-            hint = (" (stores written before issue 11 used interpolation='bilinear')"
-                    if got.get("interpolation") == "bilinear" else "")
-            return (f"the store holds {other.get('name')} embeddings (fingerprint {fp[:16]}...) made with another "
-                    f"preprocessing ({diff}), which are never mixed with these; to use them build the backbone "
-                    f"with the stored settings, e.g. Backbone(..., interpolation={got.get('interpolation')!r}, "
-                    f"decode={got.get('decode', 'full')!r}){hint}; otherwise ")
-        return ""
-
     def _check_duplicate_bits(self, ids, X, keep, parts) -> None:
         first = {k: i for i, k in zip(keep.tolist(), ids[keep].tolist())}
         for i, k in enumerate(ids.tolist()):
@@ -429,7 +405,7 @@ class EmbeddingStore:
             have = ", ".join(self.fingerprints()) or "none"
             raise MissingIdsError(
                 f"{self.path}: no embeddings for fingerprint {fp!r} (fingerprints stored: {have}); "
-                f"{self._other_preprocessing(config)}fix: run cxr_embed.extract with this backbone first"
+                f"{preprocessing_hint(self, config)}fix: run cxr_embed.extract with this backbone first"
             )
         if want is None:
             return all_ids, X

@@ -538,7 +538,9 @@ def _decode_pixels(ds, path: Path, st: os.stat_result, *, frame, salt, max_pixel
 
     # pydicom 3 already masks/sign-extends; repeat the mask so BitsAllocated never leaks in
     if np.issubdtype(arr.dtype, np.unsignedinteger) and bs and bs < arr.dtype.itemsize * 8:
-        arr = arr & np.asarray((1 << bs) - 1, dtype=arr.dtype)
+        limit = (1 << bs) - 1
+        if arr.size and int(arr.max()) > limit:  # a reduction pass; the masked copy only when needed
+            arr = arr & np.asarray(limit, dtype=arr.dtype)
 
     meta["frame"] = int(frame) if frame is not None else None
     meta["window"] = None

@@ -270,12 +270,12 @@ def _open_pillow(path: Path, frame, max_pixels, *, needed=None):
             raise _budget_error(path, width * height, max_pixels,
                                 f"the {fmt.upper()} header declares {width} x {height}")
         mode = img.mode
-        transposed = _has_orientation(img)
         if needed is not None and fmt == "jpeg" and mode == "L":
             # the orientation may swap the axes: ask for the larger need on both
             m = max(max(needed((height, width))), max(needed((width, height))))
             img.draft("L", (m, m))
         img.load()
+        transposed = _has_orientation(img)  # after load: reading EXIF first hides a PNG's bad CRC
         reduction = width / img.size[0]
         int_bits = (_tiff_bits(img) or 32) if fmt == "tiff" else 16  # PNG "I" is 16-bit
         rotated = ImageOps.exif_transpose(img) if transposed else img

@@ -13,7 +13,7 @@ same function is computed in the order that costs least, on the stored integers:
    passes), area-averaged to the output size, and the affine map is applied to the small image;
 3. any other table (a SIGMOID window, a VOI or Modality LUT Sequence, a breakpoint between two
    stored values) is applied in one ``np.take`` pass into 16-bit integers before the resize;
-4. 8-bit PNG/JPEG pixels are converted to float32 and resized by Pillow and divided by 255 on
+4. 8-bit PNG/JPEG pixels are converted to float32 (0..255), resized, and divided by 255 on
    the small image (read_image divides first: the results differ by float rounding, < 1e-4 grey levels).
 
 The result equals ``prepare_image(read_image(path)[0], size, mode=mode, interpolation=...)``
@@ -268,12 +268,6 @@ def _resize_u16(t: np.ndarray, out_shape, interpolation) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ Pillow
-def _resize_pil(im, nh: int, nw: int, interpolation: str) -> np.ndarray:
-    if im.size != (nw, nh):
-        im = im.resize((nw, nh), _pil_filter(interpolation))
-    return np.asarray(im, dtype=np.float32)
-
-
 def _needed(shape, size, mode) -> tuple[int, int]:
     """Smallest decoded size a reduced decode may give: the scaled size times :data:`REDUCED_MARGIN`."""
     nh, nw = _geometry(shape, size, mode)[:2]
@@ -288,12 +282,13 @@ def _pillow(path, size, mode, interpolation, decode, frame, max_pixels):
         img, info = _open_pillow(path, frame, max_pixels, needed=needed if decode == "reduced" else None)
         nh, nw, top, left = _geometry(info["shape"], size, mode)
         if img.mode == "L":
-            lo, hi = img.getextrema()
+            raw = np.asarray(img)  # as read_image: a damaged stream raises here
+            lo, hi = int(raw.min()), int(raw.max())
             if hi <= lo:
                 raise _constant(path, "L", lo)
             bits, scaling = 8, "8-bit"
-            # Pillow's own passes: 0..255 as float32, resized, then scaled on the small image
-            small = _resize_pil(img.convert("F"), nh, nw, interpolation) * np.float32(1 / 255.0)
+            # 0..255 as float32, resized, then scaled on the small image
+            small = _resize(raw.astype(np.float32), nh, nw, interpolation) * np.float32(1 / 255.0)
         else:
             array, bits, scaling = _pil_to_array(img, path, info["int_bits"])
             small = _resize(np.clip(array, 0.0, 1.0).astype(np.float32), nh, nw, interpolation)
