@@ -179,10 +179,10 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--dicom-copies", type=int, default=8, help="each DICOM repeated this often in the extract run")
     p.add_argument("--no-extract", action="store_true", help="decode + prepare only")
-    p.add_argument("--quick", action="store_true", help="1 repeat, 8 PNGs, Lite0 only, DICOM copies 1")
+    p.add_argument("--quick", action="store_true", help="1 repeat, at most 8 PNGs, Lite0 only, DICOM copies 1")
     args = p.parse_args(argv)
     if args.quick:
-        args.repeats, args.n_png, args.backbones, args.dicom_copies = 1, 8, "efficientnet_lite0", 1
+        args.repeats, args.n_png, args.backbones, args.dicom_copies = 1, min(args.n_png, 8), "efficientnet_lite0", 1
     args.backbones = [b for b in args.backbones.split(",") if b]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.simplefilter("ignore")  # the public-salt warning of every DICOM read
