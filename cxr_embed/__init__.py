@@ -19,6 +19,7 @@ from .exceptions import __all__ as _exc_all
 _LAZY = {
     # reading
     "read_image": "cxr_embed.io.images",
+    "read_prepared": "cxr_embed.io.prepared",
     "read_dicom": "cxr_embed.io.dicom",
     "is_dicom": "cxr_embed.io.dicom",
     "read_dicom_meta": "cxr_embed.io.dicom",

@@ -40,3 +40,33 @@ def test_bench_distributed_runs_and_prints_json():
     assert result["n"] == 16 and result["local_images_per_second"] > 0 and result["ray_images_per_second"] > 0
     assert result["bits_equal"] is True and result["ratio_ray_to_local"] > 0
     assert set(result["goals"]) == {"ratio_ray_to_local>=0.7", "bits_equal"}
+
+
+@pytest.mark.slow
+def test_bench_reading_runs_and_prints_json():
+    from pydicom.data import get_testdata_file
+
+    if get_testdata_file("RG1_UNCR.dcm", download=False) is None:
+        pytest.skip("pydicom-data is not installed")
+    if not (ROOT.parent / "shared" / "data" / "nih_cxr14_1024_sample").is_dir():
+        pytest.skip("../shared/data/nih_cxr14_1024_sample is absent")
+    cmd = [sys.executable, str(ROOT / "bench" / "reading.py"), "--quick", "--n-png", "4", "--input-size", "64",
+           "--batch-size", "4", "--workers", "0"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    rg1 = result["formats"]["RG1_J2KR.dcm"]
+    assert rg1["read_prepared"]["cpu_ms"] > 0 and rg1["speedup_reduced_vs_full_decode_cpu"] > 1
+    assert result["formats"]["nih_png_1024"]["n_files"] == 4
+    assert result["extract"]["efficientnet_lite0"]["ratio_png_to_model"] > 0
+    assert any(k.startswith("RG1_UNCR.dcm") for k in result["goals"])
+
+
+def test_gpu_check_dry_run_parts():
+    """bench/gpu_check.sh refuses unknown options and reports a missing TensorFlow as JSON, quickly."""
+    script = ROOT / "bench" / "gpu_check.sh"
+    bad = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "unknown option" in json.loads(bad.stdout)["error"]
+    no_tf = subprocess.run(["bash", str(script), "--python", "/bin/false"], capture_output=True, text=True, timeout=30)
+    assert no_tf.returncode == 3 and "make install" in json.loads(no_tf.stdout)["error"]

@@ -417,6 +417,35 @@ def as_identity(backbone_or_fingerprint) -> tuple[str, str | None, int | None]:
     return fp, (stable_json(config) if config is not None else None), (int(dim) if dim is not None else None)
 
 
+def preprocessing_hint(store, config) -> str:
+    """A sentence naming a stored group of the same backbone made with another preprocessing.
+
+    ``config`` is the backbone's config as stable JSON (from :func:`as_identity`); ``""`` when
+    there is no such group, or anything goes wrong (the hint must never hide the real error).
+    """
+    try:
+        want_config = json.loads(config) if isinstance(config, str) else config
+        want = want_config["preprocessing"]
+        groups = store.info().get("backbones", {})
+    except Exception:  # noqa: BLE001
+        return ""
+    for fp, group in groups.items():
+        other = group.get("config") or {}
+        got = other.get("preprocessing")
+        if other.get("name") != want_config.get("name") or not isinstance(got, dict) or got == want:
+            continue
+        default = {"decode": "full"}
+        diff = ", ".join(f"{k} {got.get(k, default.get(k))!r} there vs {want.get(k, default.get(k))!r} here"
+                         for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k))
+        hint = (" (stores written before issue 11 used interpolation='bilinear')"
+                if got.get("interpolation") == "bilinear" else "")
+        return (f"the store holds {other.get('name')} embeddings (fingerprint {fp[:16]}...) made with another "
+                f"preprocessing ({diff}), which are never mixed with these; to use them build the backbone with "
+                f"the stored settings, e.g. Backbone(..., interpolation={got.get('interpolation')!r}, "
+                f"decode={got.get('decode', 'full')!r}){hint}; otherwise ")
+    return ""
+
+
 def check_input_ids(ids) -> np.ndarray:
     arr = np.asarray(ids)
     if arr.ndim != 1:

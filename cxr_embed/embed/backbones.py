@@ -34,7 +34,7 @@ from keras import layers as _kl
 
 from .._utils import sha256_text, stable_json
 from ..exceptions import BackboneError, WeightsError
-from ..io.preprocessing import RESIZE_MODES, prepare_image, preprocessing_config
+from ..io.preprocessing import DECODE_MODES, INTERPOLATIONS, RESIZE_MODES, prepare_image, preprocessing_config
 from .compute import PRECISIONS, ComputeMixin
 from .graph import (
     GeneralizedMeanPooling2D,
@@ -101,6 +101,14 @@ class Backbone(ComputeMixin):
         Default: the family's ImageNet resolution (224 for most).
     resize : {"pad", "resize", "crop"}
         How :meth:`prepare` fits a radiograph to the input size (part of the fingerprint).
+    interpolation : {"area", "bilinear"}
+        Downscaling filter of :meth:`prepare` (part of the fingerprint). ``"bilinear"`` gives the
+        fingerprints (and so the stores) of cxr_embed 0.1 (and 0.2 before issue 11).
+    decode : {"full", "reduced"}
+        Resolution at which :func:`cxr_embed.extract` decodes JPEG 2000 / JPEG data (part of the
+        fingerprint): ``"reduced"`` decodes at the smallest resolution level / DCT scale that
+        still covers the input size (JPEG 2000 3-4x faster; cosine similarity of the embeddings
+        to full decoding > 0.99, see docs/extraction.md).
     cache_dir : str or Path, optional
         Where converted EfficientNet-Lite weights are cached (default ``$CXR_EMBED_CACHE``
         or ``~/.cache/cxr_embed``).
@@ -174,12 +182,14 @@ class Backbone(ComputeMixin):
         cache_dir: str | os.PathLike | None = None,
         precision: str = "auto",
         distribute: Any = "auto",
+        interpolation: str = "area",
+        decode: str = "full",
     ):
         spec = _get_spec(name)
         size = _size_tuple(input_size) if input_size is not None else tuple(spec.input_size)
         if min(size) < spec.min_size:
             raise BackboneError(f"{spec.name} needs an input of at least {spec.min_size}x{spec.min_size}, got {size}; pass a larger input_size")
-        self._init_common(pooling, resize, precision, distribute)
+        self._init_common(pooling, resize, precision, distribute, interpolation, decode)
         weights_desc = self._check_weights(weights)
         inp = keras.Input(shape=(size[0], size[1], 3), dtype="float32", name="image")
         x = ImagePreprocessing(spec.preprocess, name="cxr_preprocess")(inp) if spec.preprocess != "none" else inp
@@ -200,8 +210,14 @@ class Backbone(ComputeMixin):
         self.spec = spec
 
     # -- construction helpers ------------------------------------------------------------
-    def _init_common(self, pooling, resize, precision, distribute):
+    def _init_common(self, pooling, resize, precision, distribute, interpolation="area", decode="full"):
         self._init_compute(precision, distribute)
+        if interpolation not in INTERPOLATIONS:
+            raise BackboneError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+        if decode not in DECODE_MODES:
+            raise BackboneError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
+        self.interpolation = interpolation
+        self.decode = decode
         if pooling not in POOLINGS:
             raise BackboneError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if resize not in RESIZE_MODES:
@@ -319,6 +335,8 @@ class Backbone(ComputeMixin):
         resize: str = "pad",
         precision: str = "auto",
         distribute: Any = "auto",
+        interpolation: str = "area",
+        decode: str = "full",
     ) -> "Backbone":
         """Wrap any Keras model (in memory or a ``.keras``/``.h5`` file) as a Backbone.
 
@@ -343,7 +361,7 @@ class Backbone(ComputeMixin):
         name : str, optional
             Default: the model's name.
         resize : {"pad", "resize", "crop"}
-        precision, distribute
+        precision, distribute, interpolation, decode
             As for :class:`Backbone`.
 
         Returns
@@ -392,7 +410,7 @@ class Backbone(ComputeMixin):
         else:
             size = _size_tuple(input_size)
         self = cls.__new__(cls)
-        self._init_common(pooling, resize, precision, distribute)
+        self._init_common(pooling, resize, precision, distribute, interpolation, decode)
         inp = keras.Input(shape=(size[0], size[1], 3), dtype="float32", name="image")
         x = ImagePreprocessing(preprocess, name="cxr_preprocess")(inp) if preprocess != "none" else inp
         try:
@@ -525,10 +543,15 @@ class Backbone(ComputeMixin):
             "input_size": list(self.input_size),
             "preprocess": self.preprocess,
             "dim": self.dim,
-            "preprocessing": preprocessing_config(self.input_size, self.resize),
+            "preprocessing": self.preprocessing,
             "keras_version": keras.__version__,
             "fingerprint": self.fingerprint,
         }
+
+    @property
+    def preprocessing(self) -> dict:
+        """The :func:`~cxr_embed.io.preprocessing.preprocessing_config` of this backbone (in its fingerprint)."""
+        return preprocessing_config(self.input_size, self.resize, interpolation=self.interpolation, decode=self.decode)
 
     @property
     def fingerprint(self) -> str:
@@ -550,7 +573,7 @@ class Backbone(ComputeMixin):
                 "pooling": self.pooling,
                 "input_size": list(self.input_size),
                 "preprocess": self.preprocess,
-                "preprocessing": preprocessing_config(self.input_size, self.resize),
+                "preprocessing": self.preprocessing,
             }
             self._fingerprint = sha256_text(stable_json(payload))
         return self._fingerprint
@@ -578,7 +601,8 @@ class Backbone(ComputeMixin):
         """Fit a radiograph to the input size: ``(H, W)`` in [0, 1] -> ``(h, w, 3)`` in [0, 255].
 
         Calls :func:`~cxr_embed.io.preprocessing.prepare_image` with this backbone's
-        ``input_size`` and ``resize`` mode.
+        ``input_size``, ``resize`` mode and ``interpolation``. :func:`cxr_embed.extract` computes the
+        same from the file in one step (:func:`cxr_embed.read_prepared`, within 0.01 grey levels).
 
         Examples
         --------
@@ -586,4 +610,4 @@ class Backbone(ComputeMixin):
         >>> Backbone("mobilenet_v2", weights=None, input_size=32).prepare(np.zeros((50, 40))).shape
         (32, 32, 3)
         """
-        return prepare_image(image, self.input_size, mode=self.resize)
+        return prepare_image(image, self.input_size, mode=self.resize, interpolation=self.interpolation)

@@ -76,6 +76,8 @@ class RayPlan:
     workers: int | None
     address: str | None
     options: dict = field(default_factory=dict)
+    interpolation: str = "area"
+    decode: str = "full"
 
 
 def plan_ray_extraction(backbone, *, workers: int | None, address: str | None, options: dict | None) -> RayPlan:
@@ -145,18 +147,21 @@ def plan_ray_extraction(backbone, *, workers: int | None, address: str | None, o
         raise BackboneError(
             "engine='ray' decodes with cxr_embed.prepare_image(image, backbone.input_size, mode=...), which does "
             "not reproduce this backbone's custom prepare; fix: use engine='local'")
-    size, mode = spec
+    size, mode, interpolation, decode = spec
     precision = getattr(backbone, "_precision_arg", "auto")  # "auto" resolves on each worker (GPU: mixed float16)
     return RayPlan(config=dict(config), fingerprint=str(backbone.fingerprint), dim=int(backbone.dim),
                    size=tuple(size), mode=mode, precision=str(precision),
-                   workers=None if workers is None else int(workers), address=address, options=options)
+                   workers=None if workers is None else int(workers), address=address, options=options,
+                   interpolation=interpolation, decode=decode)
 
 
 # ---------------------------------------------------------------- stage 1: decoding tasks
-def _decode_block(batch: dict, size, mode, max_pixels=DEFAULT_MAX_PIXELS) -> dict:
+def _decode_block(batch: dict, size, mode, interpolation="area", decode="full",
+                  max_pixels=DEFAULT_MAX_PIXELS) -> dict:
     """Ray task: decode and prepare one block of rows ``idx``, ``path`` (one channel per image)."""
     idx = [int(i) for i in batch["idx"]]
-    decoded = _read_and_prepare(list(zip(idx, [str(p) for p in batch["path"]])), size, mode, max_pixels)
+    decoded = _read_and_prepare(list(zip(idx, [str(p) for p in batch["path"]])), (size, mode, interpolation, decode),
+                                max_pixels)
     images = np.zeros((len(idx), int(size[0]), int(size[1])), np.float32)
     ok = np.zeros(len(idx), bool)
     reasons = [""] * len(idx)
@@ -244,7 +249,8 @@ def run_ray_extraction(plan: RayPlan, todo, ids, paths, writer, report, *, batch
         items = [{"idx": int(i), "path": str(p)} for i, p in todo]
         ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / block)))
         del items  # now in the object store (about 200 MB of Python objects per million images)
-        ds = ds.map_batches(_decode_block, fn_kwargs={"size": plan.size, "mode": plan.mode, "max_pixels": max_pixels}, batch_size=None,
+        ds = ds.map_batches(_decode_block, fn_kwargs={"size": plan.size, "mode": plan.mode, "interpolation": plan.interpolation,
+                                                      "decode": plan.decode, "max_pixels": max_pixels}, batch_size=None,
                             batch_format="numpy", num_cpus=float(opts.get("decode_cpus", 1)),
                             compute=ray.data.TaskPoolStrategy(size=plan.workers), **stage)
         # The actors reserve memory for the model; remote arguments that differ from the decoding

@@ -162,22 +162,46 @@ def _decode_chunk(items: list[tuple[int, str]], prepare,
     return out
 
 
-def _read_and_prepare(items: list[tuple[int, str]], size, mode,
+def _read_and_prepare(items: list[tuple[int, str]], spec: tuple,
                       max_pixels=DEFAULT_MAX_PIXELS) -> list[tuple[int, Any, str | None]]:
-    """Process-pool task: decode and prepare a chunk with the library's ``prepare_image``."""
-    from ..io.preprocessing import prepare_image
+    """Worker task: read each file straight into a CNN input (:func:`cxr_embed.read_prepared`).
 
-    # the three channels are copies: ship one (a third of the bytes through the pipe)
-    return _decode_chunk(items, lambda image: np.ascontiguousarray(prepare_image(image, size, mode=mode)[:, :, 0]),
-                         max_pixels)
+    ``spec`` is ``(size, mode, interpolation, decode)``. Returns one channel (the three are
+    copies: a third of the bytes through a process pipe); :func:`_stream` repeats it.
+    """
+    from ..io.prepared import read_prepared
+
+    size, mode, interpolation, decode = spec
+    out = []
+    for idx, path in items:
+        try:
+            arr = read_prepared(path, size, mode=mode, interpolation=interpolation, decode=decode,
+                                max_pixels=max_pixels)[0]
+            out.append((idx, np.ascontiguousarray(arr[:, :, 0]), None))
+        except ImageReadError as e:  # the named reading errors: the message starts with the path
+            out.append((idx, None, _reason(e)))
+        except MissingDependencyError:
+            raise
+        except BaseException as e:  # noqa: BLE001 - as _decode_chunk: one image never stops the run
+            if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                raise
+            out.append((idx, None, _reason(e)))
+    return out
 
 
 def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _local_task(backbone, max_pixels=DEFAULT_MAX_PIXELS):
-    """In-process / thread task: decode and prepare a chunk with ``backbone.prepare``."""
+def _local_task(backbone, max_pixels=DEFAULT_MAX_PIXELS, spec=None):
+    """In-process / thread task: the library's one-step reader when ``spec`` is known, else
+    ``read_image`` + ``backbone.prepare`` (a custom prepare)."""
+    if spec is not None:
+        def fast(items):
+            return _read_and_prepare(items, spec, max_pixels)
+
+        return fast
+
     def task(items):
         return _decode_chunk(items, lambda image: np.asarray(backbone.prepare(image), dtype=np.float32), max_pixels)
 
@@ -185,13 +209,16 @@ def _local_task(backbone, max_pixels=DEFAULT_MAX_PIXELS):
 
 
 def _picklable_prepare(backbone) -> tuple | None:
-    """(size, mode) such that ``prepare_image(img, size, mode=mode)`` equals ``backbone.prepare`` bit for bit.
+    """(size, mode, interpolation, decode) such that ``prepare_image(img, size, mode=mode, interpolation=...)``
+    equals ``backbone.prepare`` bit for bit.
 
-    Worker processes cannot receive the backbone (it holds a Keras model), so they run the
-    library's ``prepare_image`` instead; this probe proves the two agree on an image with an
-    awkward aspect ratio. ``None`` when no mode agrees (a custom ``prepare``): use threads.
+    Workers (processes, and threads too) then read each file straight into the CNN input with
+    :func:`cxr_embed.read_prepared`, which needs no backbone; this probe proves that the library's
+    preparation is the backbone's, on an image with an awkward aspect ratio. ``decode`` is the
+    backbone's ``decode`` attribute (``"full"`` when absent). ``None`` when no mode and
+    interpolation agree (a custom ``prepare``): then ``read_image`` + ``backbone.prepare`` in threads.
     """
-    from ..io.preprocessing import prepare_image
+    from ..io.preprocessing import INTERPOLATIONS, prepare_image
 
     size = tuple(int(s) for s in backbone.input_size)
     rng = np.random.default_rng(0)
@@ -202,19 +229,24 @@ def _picklable_prepare(backbone) -> tuple | None:
         return None
     first = getattr(backbone, "resize", None)
     modes = ([first] if first in _RESIZE_MODES else []) + [m for m in _RESIZE_MODES if m != first]
-    for mode in modes:
-        got = prepare_image(probe, size, mode=mode)
-        if got.shape == want.shape and np.array_equal(got, want) and np.array_equal(
-            np.repeat(got[:, :, :1], 3, axis=2), want
-        ):
-            return size, mode
+    chosen = getattr(backbone, "interpolation", None)
+    interpolations = ([chosen] if chosen in INTERPOLATIONS else []) + [i for i in INTERPOLATIONS if i != chosen]
+    decode = getattr(backbone, "decode", "full")
+    decode = decode if decode in ("full", "reduced") else "full"
+    for interpolation in interpolations:
+        for mode in modes:
+            got = prepare_image(probe, size, mode=mode, interpolation=interpolation)
+            if got.shape == want.shape and np.array_equal(got, want) and np.array_equal(
+                np.repeat(got[:, :, :1], 3, axis=2), want
+            ):
+                return size, mode, interpolation, decode
     return None
 
 
-def _pool_starts(ex: ProcessPoolExecutor, size, mode) -> bool:
+def _pool_starts(ex: ProcessPoolExecutor, spec) -> bool:
     """Whether the spawned workers come up (they re-import ``__main__``, which may re-run a script)."""
     try:
-        ex.submit(_read_and_prepare, [], size, mode).result()
+        ex.submit(_read_and_prepare, [], spec).result()
         return True
     except BrokenProcessPool:
         return False
@@ -249,17 +281,28 @@ class _ProcessPool:
         self.executor.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
+def _library_prepare(backbone) -> bool:
+    """Whether ``backbone.prepare`` is :meth:`cxr_embed.Backbone.prepare` itself (not overridden or wrapped).
+
+    Only then do in-process and thread workers bypass it for :func:`cxr_embed.read_prepared`: a
+    custom ``prepare`` that happens to agree with the library on the probe image is still called.
+    """
+    method = getattr(type(backbone), "prepare", None)
+    return ("prepare" not in vars(backbone) and getattr(method, "__qualname__", "") == "Backbone.prepare"
+            and getattr(method, "__module__", "") == "cxr_embed.embed.backbones")
+
+
 def _make_executor(kind: str, workers: int, backbone, max_pixels=DEFAULT_MAX_PIXELS):
     """(executor or None, task callable taking a list of (index, path))."""
+    spec = _picklable_prepare(backbone)
+    local_spec = spec if _library_prepare(backbone) else None
     if workers == 0:
-        return None, _local_task(backbone, max_pixels)
+        return None, _local_task(backbone, max_pixels, local_spec)
     if kind == "process" or (kind == "auto" and workers > 1):
-        spec = _picklable_prepare(backbone)
         if spec is not None:
             ctx = multiprocessing.get_context("spawn")  # never fork a process that runs TensorFlow
-            size, mode = spec
-            pool = _ProcessPool(workers, ctx, (size, mode, max_pixels))
-            if _pool_starts(pool.executor, size, mode):
+            pool = _ProcessPool(workers, ctx, (spec, max_pixels))
+            if _pool_starts(pool.executor, spec):
                 return pool, pool
             ex = pool.executor
             ex.shutdown(wait=False, cancel_futures=True)
@@ -276,15 +319,16 @@ def _make_executor(kind: str, workers: int, backbone, max_pixels=DEFAULT_MAX_PIX
                 RuntimeWarning,
                 stacklevel=4,
             )
-        if kind == "process":
+        if kind == "process" and spec is None:
             raise ValueError(
                 "executor='process' needs backbone.prepare to equal cxr_embed.prepare_image(image, "
-                "backbone.input_size, mode=...) so that worker processes can reproduce it; this backbone has a "
-                "custom prepare; fix: use executor='thread'"
+                "backbone.input_size, mode=..., interpolation=...) so that worker processes can reproduce it; this "
+                "backbone has a custom prepare; fix: use executor='thread'"
             )
-        logger.info("backbone.prepare is custom: decoding in %d threads instead of processes", workers)
+        if spec is None:
+            logger.info("backbone.prepare is custom: decoding in %d threads instead of processes", workers)
     ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxr_embed-decode")
-    local = _local_task(backbone, max_pixels)
+    local = _local_task(backbone, max_pixels, local_spec)
 
     def task(items, _ex=ex):
         return _ex.submit(local, items)
@@ -302,7 +346,7 @@ def _stream(items: list[tuple[int, str]], executor: Any, task, chunk: int, windo
     chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
     if executor is None:
         for c in chunks:
-            yield from task(c)
+            yield from _three_channels(task(c))
         return
     pending: collections.deque = collections.deque()
     it = iter(chunks)
@@ -331,10 +375,14 @@ def _stream(items: list[tuple[int, str]], executor: Any, task, chunk: int, windo
             pending.clear()
             results = list(_isolate([item for ch in redo for item in ch], task))
         fill()
-        for idx, arr, reason in results:
-            if arr is not None and arr.ndim == 2:  # one channel from a worker process: back to (h, w, 3)
-                arr = np.repeat(arr[:, :, None], 3, axis=2)
-            yield idx, arr, reason
+        yield from _three_channels(results)
+
+
+def _three_channels(results):
+    for idx, arr, reason in results:
+        if arr is not None and arr.ndim == 2:  # one channel from a worker: back to (h, w, 3)
+            arr = np.repeat(arr[:, :, None], 3, axis=2)
+        yield idx, arr, reason
 
 
 def _isolate(items: list[tuple[int, str]], task) -> Iterator:

@@ -61,6 +61,7 @@ from ._store_io import (FORMAT, FORMAT_VERSION, attr_str, attrs_digest, check_at
                         repair_hint, writing)
 from ._store_io import GROUP as _GROUP
 from ._store_io import as_identity as _as_identity
+from ._store_io import preprocessing_hint
 from ._store_io import check_input_ids as _check_ids
 from ._store_io import JOURNAL_FORMAT as _JOURNAL_FORMAT
 from ._store_io import append_rows as _append_rows
@@ -404,7 +405,7 @@ class EmbeddingStore:
             have = ", ".join(self.fingerprints()) or "none"
             raise MissingIdsError(
                 f"{self.path}: no embeddings for fingerprint {fp!r} (fingerprints stored: {have}); "
-                "fix: run cxr_embed.extract with this backbone first"
+                f"{preprocessing_hint(self, config)}fix: run cxr_embed.extract with this backbone first"
             )
         if want is None:
             return all_ids, X

@@ -462,6 +462,24 @@ def _check_read_arguments(voi, window, frame, max_pixels):
 
 def _read_pixels(ds, path: Path, st: os.stat_result, *, voi, window, frame, salt, max_pixels):
     """The body of :func:`read_dicom` once the file is parsed (header checks, decoding, display steps)."""
+    arr, meta, info = _decode_pixels(ds, path, st, frame=frame, salt=salt, max_pixels=max_pixels)
+    if info["color"]:
+        return _color_image(arr, ds, path, meta, info)
+    lo, hi = _stored_extremes(arr, path, info["keyword"])
+    image = _grayscale_steps(arr, ds, path, meta, info, voi=voi, window=window, lo=lo, hi=hi)
+    return image.astype(np.float32), meta
+
+
+def _decode_pixels(ds, path: Path, st: os.stat_result, *, frame, salt, max_pixels, reduced_to=None):
+    """Check the header against the pixel data and decode the stored values of one frame.
+
+    Returns ``(arr, meta, info)``: the stored values (BitsStored masked, sign-extended, native byte
+    order), the PHI-free metadata, and ``info`` (``keyword``, ``photometric``, ``signed``,
+    ``color``, ``reduction``: the factor of a reduced decode, 1 when decoded in full).
+    ``reduced_to`` (None, or a callable ``(rows, cols) -> (rows, cols)`` giving the smallest size
+    needed) allows a JPEG 2000 / JPEG frame to be decoded at the smallest resolution that still
+    covers it (:mod:`._codecs`); it is called only after the header checks.
+    """
     if len(ds) == 0:
         # pydicom gives up on a broken element (e.g. pixel data cut short) and returns nothing
         header = _dcmread(path, header_only=True)
@@ -491,11 +509,18 @@ def _read_pixels(ds, path: Path, st: os.stat_result, *, voi, window, frame, salt
                                     f"fix: pass frame=<0..{n_frames - 1}>")
     index = int(frame) if frame is not None else 0
 
-    from pydicom.pixels import apply_color_lut, pixel_array
+    from pydicom.pixels import pixel_array
 
     pi = geometry["photometric"]
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    bs = meta["bits_stored"]
+    reduction = 1.0
+    arr = None
+    if reduced_to is not None and n_frames == 1 and keyword == "PixelData" and not signed and pi.startswith("MONO"):
+        arr, reduction = _decode_reduced(ds, path, meta, reduced_to((geometry["Rows"], geometry["Columns"])))
     try:
-        arr = pixel_array(ds, index=index if n_frames > 1 else None)
+        if arr is None:
+            arr = pixel_array(ds, index=index if n_frames > 1 else None)
     except BaseException as e:  # noqa: BLE001 - decoder errors come in many types; all mean "cannot decode"
         # BaseException: a Rust decoder's panic (pyo3's PanicException, e.g. pylibjpeg-rle on an
         # overrunning segment) is not an Exception; only an interrupt or an exit must pass through
@@ -511,42 +536,75 @@ def _read_pixels(ds, path: Path, st: os.stat_result, *, voi, window, frame, salt
     if arr.ndim == 3 and arr.shape[-1] not in (3, 4) and n_frames == 1:  # pragma: no cover - defensive
         arr = arr[0]
 
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    bs = meta["bits_stored"]
     # pydicom 3 already masks/sign-extends; repeat the mask so BitsAllocated never leaks in
     if np.issubdtype(arr.dtype, np.unsignedinteger) and bs and bs < arr.dtype.itemsize * 8:
-        arr = arr & np.asarray((1 << bs) - 1, dtype=arr.dtype)
+        limit = (1 << bs) - 1
+        if arr.size and int(arr.max()) > limit:  # a reduction pass; the masked copy only when needed
+            arr = arr & np.asarray(limit, dtype=arr.dtype)
 
     meta["frame"] = int(frame) if frame is not None else None
     meta["window"] = None
     meta["inverted"] = False
-
-    if pi == "PALETTE COLOR" or (arr.ndim == 3 and arr.shape[-1] in (3, 4)):
-        # colour: VOI does not apply to RGB; collapse to luminance
-        if pi == "PALETTE COLOR":
-            try:
-                rgb = apply_color_lut(arr, ds)  # uint8 or uint16, per the palette's depth
-            except Exception as e:  # noqa: BLE001 - malformed palette descriptors/data
-                raise InvalidLUTError(path, f"the palette ({_tag('RedPaletteColorLookupTableDescriptor')} and "
-                                            f"its data) could not be applied ({type(e).__name__}: {e}); fix: "
-                                            "re-export the file") from e
-            top = float(np.iinfo(rgb.dtype).max) if np.issubdtype(rgb.dtype, np.integer) else 1.0
-        else:
-            rgb = arr  # pydicom returns YBR_* already converted to RGB
-            top = float(2 ** (bs or 8) - 1)
-        warnings.warn(f"{path}: colour DICOM ({pi}) converted to luminance (ITU-R BT.601); a chest "
-                      "radiograph is normally MONOCHROME1/2, check that this file is one", UserWarning, stacklevel=3)
-        image = np.clip(_to_luminance(rgb, top), 0.0, 1.0)
-        if image.size and float(image.max()) <= float(image.min()):
-            raise ConstantImageError(path, f"every pixel of this colour image ({_tag(keyword)}) has the same "
-                                           "luminance: the image is blank; fix: exclude the file or re-export it")
-        meta["voi_applied"] = "color"
-        logger.debug("%s: %s -> luminance", path, pi)
-        return image.astype(np.float32), meta
-
-    if arr.ndim != 2:
+    color = pi == "PALETTE COLOR" or (arr.ndim == 3 and arr.shape[-1] in (3, 4))
+    if not color and arr.ndim != 2:
         raise ImageDecodeError(path, f"expected a single 2-D grayscale frame, decoded shape {arr.shape}; "
                                      "fix: pass frame= for multi-frame files")
+    return arr, meta, {"keyword": keyword, "photometric": pi, "signed": signed, "color": color,
+                       "reduction": reduction}
+
+
+def _decode_reduced(ds, path: Path, meta: dict, reduced_to) -> tuple[np.ndarray | None, float]:
+    """(stored values, factor) of a JPEG 2000 / JPEG frame decoded reduced, or (None, 1.0) to decode in full."""
+    from . import _codecs
+
+    ts = meta["transfer_syntax"]
+    if ts not in _codecs.J2K_SYNTAXES + _codecs.JPEG_BASELINE_SYNTAXES:
+        return None, 1.0
+    try:
+        from pydicom.encaps import generate_frames
+
+        data = next(generate_frames(ds.PixelData, number_of_frames=1))
+        got = _codecs.decode_pillow_reduced(data, reduced_to, precision=meta["bits_stored"])
+    except Exception as e:  # noqa: BLE001 - any trouble: the full decoder, with its own errors, decides
+        logger.debug("%s: reduced decode not possible (%s: %s); decoding in full", path, type(e).__name__, e)
+        return None, 1.0
+    if got is None:
+        return None, 1.0
+    arr, factor = got
+    logger.debug("%s: decoded at 1/%g resolution %s", path, factor, arr.shape)
+    return arr, float(factor)
+
+
+def _color_image(arr: np.ndarray, ds, path: Path, meta: dict, info: dict) -> tuple[np.ndarray, dict]:
+    """Colour DICOM (RGB, YBR_*, PALETTE COLOR) -> luminance in [0, 1], with a warning."""
+    from pydicom.pixels import apply_color_lut
+
+    pi, keyword, bs = info["photometric"], info["keyword"], meta["bits_stored"]
+    # colour: VOI does not apply to RGB; collapse to luminance
+    if pi == "PALETTE COLOR":
+        try:
+            rgb = apply_color_lut(arr, ds)  # uint8 or uint16, per the palette's depth
+        except Exception as e:  # noqa: BLE001 - malformed palette descriptors/data
+            raise InvalidLUTError(path, f"the palette ({_tag('RedPaletteColorLookupTableDescriptor')} and "
+                                        f"its data) could not be applied ({type(e).__name__}: {e}); fix: "
+                                        "re-export the file") from e
+        top = float(np.iinfo(rgb.dtype).max) if np.issubdtype(rgb.dtype, np.integer) else 1.0
+    else:
+        rgb = arr  # pydicom returns YBR_* already converted to RGB
+        top = float(2 ** (bs or 8) - 1)
+    warnings.warn(f"{path}: colour DICOM ({pi}) converted to luminance (ITU-R BT.601); a chest "
+                  "radiograph is normally MONOCHROME1/2, check that this file is one", UserWarning, stacklevel=3)
+    image = np.clip(_to_luminance(rgb, top), 0.0, 1.0)
+    if image.size and float(image.max()) <= float(image.min()):
+        raise ConstantImageError(path, f"every pixel of this colour image ({_tag(keyword)}) has the same "
+                                       "luminance: the image is blank; fix: exclude the file or re-export it")
+    meta["voi_applied"] = "color"
+    logger.debug("%s: %s -> luminance", path, pi)
+    return image.astype(np.float32), meta
+
+
+def _stored_extremes(arr: np.ndarray, path: Path, keyword: str) -> tuple[float, float]:
+    """(min, max) of the stored values; NaN/inf and constant images are named errors."""
     if arr.dtype.kind == "f":  # float pixel data is the only source of NaN/inf; integers cannot hold them
         finite = np.isfinite(arr)
         if not finite.all():
@@ -558,7 +616,18 @@ def _read_pixels(ds, path: Path, st: os.stat_result, *, voi, window, frame, salt
     if hi <= lo:
         raise ConstantImageError(path, f"every pixel of {_tag(keyword)} has the stored value {lo:g}: the image is "
                                        "blank; fix: exclude the file, or re-export the real image")
+    return lo, hi
 
+
+def _grayscale_steps(arr: np.ndarray, ds, path: Path, meta: dict, info: dict, *, voi, window, lo: float,
+                     hi: float) -> np.ndarray:
+    """Modality LUT -> VOI -> MONOCHROME1 inversion of stored values ``arr``: float64 in [0, 1].
+
+    Elementwise, so it maps the whole image or a lookup table of stored values alike; ``lo`` and
+    ``hi`` are the extremes of the image's stored values. Sets ``voi_applied``, ``window`` and
+    ``inverted`` in ``meta``.
+    """
+    keyword, signed, pi = info["keyword"], info["signed"], info["photometric"]
     # Modality LUT: sequence or rescale slope/intercept (identity when neither is present)
     x, x_lo, x_hi, modality_applied = _apply_modality(arr, ds, path, lo, hi)
     if voi == "none" and ("ModalityLUTSequence" in ds or keyword != "PixelData"):
@@ -575,4 +644,4 @@ def _read_pixels(ds, path: Path, st: os.stat_result, *, voi, window, frame, salt
         image = 1.0 - image
         meta["inverted"] = True
     logger.debug("%s: %s, VOI=%s, inverted=%s", path, pi, step, meta["inverted"])
-    return np.clip(image, 0.0, 1.0).astype(np.float32), meta
+    return np.clip(image, 0.0, 1.0)

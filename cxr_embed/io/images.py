@@ -7,6 +7,7 @@ EXIF orientation honoured.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -190,8 +191,6 @@ def read_image(path: str | os.PathLike, *, voi: str = "auto", window: tuple[floa
     if is_dicom(path):
         return read_dicom(path, voi=voi, window=window, frame=frame, max_pixels=max_pixels)
 
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     if window is not None or voi != "auto":
         warnings.warn(f"{path}: voi=/window= apply to DICOM only and are ignored for this file",
                       UserWarning, stacklevel=2)
@@ -199,27 +198,34 @@ def read_image(path: str | os.PathLike, *, voi: str = "auto", window: tuple[floa
 
     if is_nifti(path):
         return read_nifti(path, frame=frame)
+    with _pillow_errors(path):
+        rotated, info = _open_pillow(path, frame, max_pixels)
+        array, bits, scaling = _pil_to_array(rotated, path, info["int_bits"])
+    meta = _pillow_meta(info, array.shape, bits, frame, scaling)
+    return np.clip(array, 0.0, 1.0).astype(np.float32), meta
+
+
+def _pillow_meta(info: dict, shape, bits: int, frame, scaling: str) -> dict:
+    return {
+        "source": info["format"],
+        "mode": info["mode"],
+        "bit_depth": bits,
+        "rows": int(shape[0]),
+        "columns": int(shape[1]),
+        "number_of_frames": info["n_frames"],
+        "frame": int(frame) if frame is not None else None,
+        "exif_transposed": bool(info["transposed"]),
+        "scaling": scaling,
+    }
+
+
+@contextlib.contextmanager
+def _pillow_errors(path: Path):
+    """Turn whatever Pillow or numpy raise for one file into the named reading errors."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
-        with Image.open(path) as img:
-            fmt = (img.format or path.suffix.lstrip(".") or "unknown").lower()
-            n_frames = int(getattr(img, "n_frames", 1) or 1)
-            if frame is None and n_frames > 1:
-                raise MultiFrameError(path, f"has {n_frames} frames/pages; fix: pass frame=<0..{n_frames - 1}>")
-            if frame is not None:
-                if not 0 <= int(frame) < n_frames:
-                    raise MultiFrameError(path, f"frame={frame} is out of range for {n_frames} frame(s); "
-                                                f"fix: pass frame=<0..{n_frames - 1}>")
-                img.seek(int(frame))
-            width, height = img.size  # read from the header; nothing is decoded before load()
-            if max_pixels is not None and width * height > max_pixels:
-                raise _budget_error(path, width * height, max_pixels,
-                                    f"the {fmt.upper()} header declares {width} x {height}")
-            mode = img.mode
-            img.load()
-            int_bits = (_tiff_bits(img) or 32) if fmt == "tiff" else 16  # PNG "I" is 16-bit
-            transposed = _has_orientation(img)
-            rotated = ImageOps.exif_transpose(img) if transposed else img
-            array, bits, scaling = _pil_to_array(rotated, path, int_bits)
+        yield
     except CxrEmbedError:
         raise
     except Image.DecompressionBombError as e:
@@ -241,19 +247,46 @@ def read_image(path: str | os.PathLike, *, voi: str = "auto", window: tuple[floa
         raise ImageDecodeError(path, f"image could not be decoded ({type(e).__name__}: {e}); the file is "
                                      "probably truncated or corrupt; fix: re-copy or re-export it") from e
 
-    meta = {
-        "source": fmt,
-        "mode": mode,
-        "bit_depth": bits,
-        "rows": int(array.shape[0]),
-        "columns": int(array.shape[1]),
-        "number_of_frames": n_frames,
-        "frame": int(frame) if frame is not None else None,
-        "exif_transposed": bool(transposed),
-        "scaling": scaling,
-    }
-    return np.clip(array, 0.0, 1.0).astype(np.float32), meta
 
+def _open_pillow(path: Path, frame, max_pixels, *, needed=None):
+    """Open, check and load one page with Pillow; EXIF orientation applied.
+
+    ``needed``: a callable ``(rows, cols) -> (rows, cols)`` giving the smallest size the caller
+    needs for the stored size; a grayscale JPEG is then decoded at the largest DCT scale that still
+    covers it (Pillow's ``draft``). Returns ``(image, info)`` with ``format``, ``mode``, ``n_frames``,
+    ``transposed``, ``int_bits``, ``shape`` (rows, cols of the full-resolution image after EXIF
+    orientation) and ``reduction`` (1.0 when decoded in full). Call inside :func:`_pillow_errors`.
+    """
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as img:
+        fmt = (img.format or path.suffix.lstrip(".") or "unknown").lower()
+        n_frames = int(getattr(img, "n_frames", 1) or 1)
+        if frame is None and n_frames > 1:
+            raise MultiFrameError(path, f"has {n_frames} frames/pages; fix: pass frame=<0..{n_frames - 1}>")
+        if frame is not None:
+            if not 0 <= int(frame) < n_frames:
+                raise MultiFrameError(path, f"frame={frame} is out of range for {n_frames} frame(s); "
+                                            f"fix: pass frame=<0..{n_frames - 1}>")
+            img.seek(int(frame))
+        width, height = img.size  # read from the header; nothing is decoded before load()
+        if max_pixels is not None and width * height > max_pixels:
+            raise _budget_error(path, width * height, max_pixels,
+                                f"the {fmt.upper()} header declares {width} x {height}")
+        mode = img.mode
+        if needed is not None and fmt == "jpeg" and mode == "L":
+            # the orientation may swap the axes: ask for the larger need on both
+            m = max(max(needed((height, width))), max(needed((width, height))))
+            img.draft("L", (m, m))
+        img.load()
+        transposed = _has_orientation(img)  # after load: reading EXIF first hides a PNG's bad CRC
+        reduction = width / img.size[0]
+        int_bits = (_tiff_bits(img) or 32) if fmt == "tiff" else 16  # PNG "I" is 16-bit
+        rotated = ImageOps.exif_transpose(img) if transposed else img
+        swapped = rotated.size != img.size
+        shape = (width, height) if swapped else (height, width)
+    return rotated, {"format": fmt, "mode": mode, "n_frames": n_frames, "transposed": transposed,
+                     "int_bits": int_bits, "shape": shape, "reduction": float(reduction)}
 
 def _has_orientation(img) -> bool:
     try:

@@ -8,13 +8,26 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-__all__ = ["prepare_image", "preprocessing_config", "restore_map", "RESIZE_MODES"]
+__all__ = ["prepare_image", "preprocessing_config", "restore_map", "RESIZE_MODES", "INTERPOLATIONS",
+           "DECODE_MODES"]
 
 RESIZE_MODES = ("pad", "resize", "crop")
+#: Downscaling filters of :func:`prepare_image`: ``"area"`` (default; Pillow's box filter, each output
+#: pixel the mean of the input pixels whose centres fall in its footprint) or ``"bilinear"`` (Pillow's
+#: antialiased triangle filter, the default before issue 11: twice the taps, hence slower).
+INTERPOLATIONS = ("area", "bilinear")
+#: How compressed files are decoded for a CNN input (see :func:`cxr_embed.read_prepared`): ``"full"``
+#: (default) at their stored resolution, ``"reduced"`` at the smallest JPEG 2000 resolution level or
+#: JPEG DCT scale that still covers the input size (faster; changes pixels slightly).
+DECODE_MODES = ("full", "reduced")
 
 
-def preprocessing_config(size=(224, 224), mode: str = "pad") -> dict:
+def preprocessing_config(size=(224, 224), mode: str = "pad", *, interpolation: str = "area",
+                         decode: str = "full") -> dict:
     """Describe the preprocessing, for fingerprints and file attributes.
+
+    The description of ``interpolation="bilinear", decode="full"`` is exactly that of the library
+    before issue 11, so backbones configured that way keep their fingerprints (and old stores).
 
     Parameters
     ----------
@@ -22,6 +35,11 @@ def preprocessing_config(size=(224, 224), mode: str = "pad") -> dict:
         Target size.
     mode : {"pad", "resize", "crop"}
         How the aspect ratio is handled.
+    interpolation : {"area", "bilinear"}
+        Downscaling filter (see :data:`INTERPOLATIONS`).
+    decode : {"full", "reduced"}
+        Resolution at which compressed files are decoded (see :data:`DECODE_MODES`); recorded only
+        when ``"reduced"``.
 
     Returns
     -------
@@ -30,17 +48,35 @@ def preprocessing_config(size=(224, 224), mode: str = "pad") -> dict:
 
     Examples
     --------
-    >>> preprocessing_config((224, 224), "pad")["mode"]
-    'pad'
+    >>> preprocessing_config((224, 224), "pad")["interpolation"]
+    'area'
+    >>> preprocessing_config((224, 224), "pad", decode="reduced")["decode"]
+    'reduced'
     """
     _check_mode(mode)
+    _check_interpolation(interpolation)
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
     h, w = _size(size)
-    return {"size": [h, w], "mode": mode, "channels": "gray3", "range": [0.0, 255.0], "interpolation": "bilinear", "version": 1}
+    config = {"size": [h, w], "mode": mode, "channels": "gray3", "range": [0.0, 255.0],
+              "interpolation": interpolation, "version": 1}
+    if decode != "full":
+        config["decode"] = decode
+    return config
 
 
 def _check_mode(mode):
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
+
+
+def _check_interpolation(interpolation):
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+
+
+def _pil_filter(interpolation: str):
+    return Image.BOX if interpolation == "area" else Image.BILINEAR
 
 
 def _size(size):
@@ -52,11 +88,24 @@ def _size(size):
     return h, w
 
 
-def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
+def _resize(image: np.ndarray, h: int, w: int, interpolation: str = "bilinear") -> np.ndarray:
     if image.shape == (h, w):
         return image.astype(np.float32, copy=False)
     pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F")
-    return np.asarray(pil.resize((w, h), Image.BILINEAR), dtype=np.float32)
+    return np.asarray(pil.resize((w, h), _pil_filter(interpolation)), dtype=np.float32)
+
+
+def _frame(scaled: np.ndarray, size, mode: str, top: int, left: int) -> np.ndarray:
+    """Place the scaled image (nh, nw) float32 in [0, 1] into the output frame: (h, w, 3) in [0, 255]."""
+    h, w = size
+    nh, nw = scaled.shape
+    if mode == "pad":
+        out = np.zeros((h, w), np.float32)
+        out[top : top + nh, left : left + nw] = scaled
+    else:  # resize (top = left = 0) or crop (negative offsets into the scaled image)
+        out = scaled[-top : -top + h, -left : -left + w]
+    out = np.clip(out, 0.0, 1.0) * 255.0
+    return np.repeat(out[:, :, None], 3, axis=2).astype(np.float32, copy=False)
 
 
 def _geometry(shape, size, mode):
@@ -118,7 +167,7 @@ def restore_map(values: np.ndarray, original_shape, *, mode: str = "pad") -> np.
     return _resize(canvas, H, W)
 
 
-def prepare_image(image: np.ndarray, size=(224, 224), *, mode: str = "pad") -> np.ndarray:
+def prepare_image(image: np.ndarray, size=(224, 224), *, mode: str = "pad", interpolation: str = "area") -> np.ndarray:
     """Resize a radiograph and repeat it to three channels.
 
     Parameters
@@ -130,6 +179,9 @@ def prepare_image(image: np.ndarray, size=(224, 224), *, mode: str = "pad") -> n
     mode : {"pad", "resize", "crop"}
         ``"pad"`` keeps the aspect ratio and pads with black (air), ``"resize"`` stretches,
         ``"crop"`` scales the short side to fit and centre-crops.
+    interpolation : {"area", "bilinear"}
+        Resampling filter (see :data:`INTERPOLATIONS`); ``"bilinear"`` reproduces the library
+        before issue 11.
 
     Returns
     -------
@@ -142,16 +194,10 @@ def prepare_image(image: np.ndarray, size=(224, 224), *, mode: str = "pad") -> n
     (64, 64, 3)
     """
     _check_mode(mode)
+    _check_interpolation(interpolation)
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image of shape (H, W), got shape {image.shape}")
     h, w = _size(size)
     nh, nw, top, left = _geometry(image.shape, (h, w), mode)
-    scaled = _resize(image, nh, nw)
-    if mode == "pad":
-        out = np.zeros((h, w), np.float32)
-        out[top : top + nh, left : left + nw] = scaled
-    else:  # resize (top = left = 0) or crop (negative offsets into the scaled image)
-        out = scaled[-top : -top + h, -left : -left + w]
-    out = np.clip(out, 0.0, 1.0) * 255.0
-    return np.repeat(out[:, :, None], 3, axis=2).astype(np.float32, copy=False)
+    return _frame(_resize(image, nh, nw, interpolation), (h, w), mode, top, left)

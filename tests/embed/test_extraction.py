@@ -226,7 +226,7 @@ def test_custom_prepare_uses_threads_and_refuses_process(model_path, pngs, tmp_p
     duck = DuckBackbone(model_path, resize="resize")
     from cxr_embed.embed.extraction import _picklable_prepare
 
-    assert _picklable_prepare(duck) == ((SIZE, SIZE), "resize")  # the probe finds the mode
+    assert _picklable_prepare(duck)[:3] == ((SIZE, SIZE), "resize", "area")  # the probe finds mode and filter
     duck._mode = "crop"
     duck.prepare = lambda image: np.flipud(DuckBackbone.prepare(duck, image)).copy()  # custom: no mode matches
     assert _picklable_prepare(duck) is None
@@ -372,3 +372,52 @@ def test_script_without_main_guard_falls_back_to_threads(model_path, pngs, tmp_p
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "DONE 6 True" in out.stdout
+
+
+# --------------------------------------------------------------- preprocessing settings (issue 11)
+def test_fingerprint_covers_interpolation_and_decode_and_old_stores_are_named(model_path, pngs, tmp_path):
+    """Stores written before 0.3 (bilinear) keep their fingerprint with interpolation='bilinear';
+    the new default never mixes into them and a load says which setting differs."""
+    import cxr_embed
+    from cxr_embed.embed.backbones import Backbone
+
+    old = Backbone.from_keras(str(model_path), preprocess="none", interpolation="bilinear")
+    new = Backbone.from_keras(str(model_path), preprocess="none")
+    reduced = Backbone.from_keras(str(model_path), preprocess="none", decode="reduced")
+    assert len({old.fingerprint, new.fingerprint, reduced.fingerprint}) == 3
+    assert old.config["preprocessing"] == {"size": [SIZE, SIZE], "mode": "pad", "channels": "gray3",
+                                           "range": [0.0, 255.0], "interpolation": "bilinear", "version": 1}
+    assert reduced.config["preprocessing"]["decode"] == "reduced" and "decode" not in new.config["preprocessing"]
+    store = tmp_path / "old.h5"
+    cxr_embed.extract(pngs[:3], old, store, workers=0, progress=False)
+    with pytest.raises(cxr_embed.MissingIdsError, match=r"interpolation 'bilinear' there vs 'area' here.*"
+                                                        r"Backbone\(\.\.\., interpolation='bilinear'"):
+        cxr_embed.EmbeddingStore(store).load(new, pngs[:3])
+    r = cxr_embed.extract(pngs[:3], new, store, workers=0, progress=False)  # a new group, never mixed
+    assert r.n_done == 3 and len(cxr_embed.EmbeddingStore(store).fingerprints()) == 2
+    a = cxr_embed.EmbeddingStore(store).load(old, pngs[:3])[1]
+    direct = old.embed(np.stack([old.prepare(read_image_(p)) for p in pngs[:3]]))
+    np.testing.assert_allclose(a, direct, rtol=1e-5, atol=1e-6)
+
+
+def read_image_(path):
+    from cxr_embed.io.images import read_image
+
+    return read_image(path)[0]
+
+
+def test_extract_dicom_equals_read_prepared(backbone, tmp_path):
+    """Workers read DICOMs straight into CNN inputs; within 0.01 grey levels of prepare(read_image)."""
+    import cxr_embed
+    from cxr_embed.io.prepared import read_prepared
+    from test_io_dicom import _write
+
+    rng = np.random.default_rng(5)
+    paths = [str(_write(tmp_path / f"d{i}.dcm", (rng.random((50, 41)) * 4000).astype(np.uint16), bits_stored=12,
+                        photometric="MONOCHROME1", WindowCenter=1800, WindowWidth=2500)) for i in range(4)]
+    cxr_embed.extract(paths, backbone, tmp_path / "d.h5", batch_size=4, workers=0, progress=False)
+    X = cxr_embed.EmbeddingStore(tmp_path / "d.h5").load(backbone, paths)[1]
+    fast = np.stack([read_prepared(p, backbone.input_size)[0] for p in paths])
+    slow = np.stack([backbone.prepare(read_image_(p)) for p in paths])
+    assert np.abs(fast - slow).max() <= 0.01
+    np.testing.assert_allclose(X, backbone.embed(fast), rtol=1e-5, atol=1e-6)

@@ -20,7 +20,8 @@ def crashing_workers(monkeypatch):
     monkeypatch.setattr(extraction, "_read_and_prepare", _crashy.read_and_prepare_or_die)
 
 
-def test_a_worker_killed_by_one_file_fails_that_file_only(tiny_backbone_for_crash, tmp_path, crashing_workers):
+def test_a_worker_killed_by_one_file_fails_that_file_only(tiny_backbone_for_crash, tmp_path, crashing_workers,
+                                                         monkeypatch):
     from test_extraction import write_pngs
 
     paths = write_pngs(tmp_path / "imgs", 12, seed=5)
@@ -38,6 +39,7 @@ def test_a_worker_killed_by_one_file_fails_that_file_only(tiny_backbone_for_cras
     good = [p for i, p in enumerate(paths) if i not in (3, 8)]
     assert report.n_done == len(good)
     ids, X = cxr_embed.EmbeddingStore(tmp_path / "s.h5").load(tiny_backbone_for_crash, good)
+    monkeypatch.undo()  # the reference run decodes in this process, with the real task
     alone = cxr_embed.extract(good, tiny_backbone_for_crash, tmp_path / "alone.h5", batch_size=4, workers=0,
                               progress=False)
     assert alone.n_done == len(good)

@@ -855,6 +855,16 @@ def test_extract_survives_any_exception_from_the_reader(tiny_backbone, tmp_path,
         return real(path, **kwargs)
 
     monkeypatch.setattr(images, "read_image", flaky)
+    import cxr_embed.io.prepared as prepared  # the library's backbones read through read_prepared
+
+    real_prepared = prepared.read_prepared
+
+    def flaky_prepared(path, *args, **kwargs):
+        if str(path) in boom:
+            raise boom[str(path)]
+        return real_prepared(path, *args, **kwargs)
+
+    monkeypatch.setattr(prepared, "read_prepared", flaky_prepared)
     report = cxr_embed.extract(paths, tiny_backbone, tmp_path / "r.h5", batch_size=2, workers=0, progress=False)
     failed = {f[0]: f[2] for f in report.failures}
     assert set(failed) == set(boom)

@@ -143,3 +143,16 @@ def test_manifest_folders_accept_nii_and_nii_gz(tmp_path):
     df = load_manifest(tmp_path, format="folders")
     assert sorted(df["image_id"]) == ["normal/a", "normal/b", "pneumonia/a", "pneumonia/b"]
     assert isinstance(df, pd.DataFrame) and all(read_image(p)[0].shape == (6, 4) for p in df["path"])
+
+
+def test_read_prepared_reads_nifti_like_read_image_then_prepare(tmp_path):
+    """Extraction reads through read_prepared: a NIfTI file gives the same CNN input as the two steps."""
+    from cxr_embed.io.prepared import read_prepared
+    from cxr_embed.io.preprocessing import prepare_image
+
+    vol, affine = _ras_volume(np.kron(DISPLAY, np.ones((8, 8), np.uint8)), 2, 0, 1, 1)
+    p = tmp_path / "cxr.nii.gz"
+    nib.save(nib.Nifti1Image(vol, affine), p)
+    x, meta = read_prepared(p, (16, 16), mode="pad")
+    np.testing.assert_array_equal(x, prepare_image(read_image(p)[0], (16, 16), mode="pad"))
+    assert x.shape == (16, 16, 3) and meta["source"] == "nifti"
