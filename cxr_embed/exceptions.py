@@ -15,6 +15,7 @@ __all__ = [
     "MultiFrameError",
     "ManifestError",
     "MissingFilesError",
+    "BoxFormatError",
     "BackboneError",
     "WeightsError",
     "StoreError",
@@ -74,6 +75,10 @@ class MissingFilesError(ManifestError, FileNotFoundError):
 
 
 # --- backbones -------------------------------------------------------------
+class BoxFormatError(ManifestError):
+    """A table of bounding boxes (radiologists' regions) is malformed or cannot be scaled."""
+
+
 class BackboneError(CxrEmbedError, ValueError):
     """Unknown backbone name, layer or pooling."""
 
