@@ -20,7 +20,7 @@ from collections.abc import Sequence
 __all__ = ["main", "build_parser"]
 
 #: Modules of cxr_embed.cli that register subcommands, in help order.
-_COMMAND_MODULES = ["_io", "_extract", "_models", "_compare", "_explain"]
+_COMMAND_MODULES = ["_io", "_extract", "_models", "_compare", "_explain", "_localize"]
 
 EXIT_ERROR = 2
 

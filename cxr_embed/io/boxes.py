@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -281,6 +282,16 @@ def _image_sizes(out, image_size) -> dict:
 def _scale(out, path, src, image_size):
     sizes = _image_sizes(out, image_size)
     missing = sorted(set(out["image_id"]) - set(sizes))
+    if missing and hasattr(image_size, "columns"):  # a manifest: boxes of other images are not ours to use
+        if len(missing) == out["image_id"].nunique():
+            raise BoxFormatError(
+                f"{path}: no manifest image has a box: box ids look like {missing[:3]}, manifest ids like "
+                f"{image_size['image_id'].astype(str).head(3).tolist()}; fix: the ids must match (file names "
+                "without suffix)")
+        warnings.warn(f"{path}: {len(missing)} boxed image(s) are not in the manifest and were dropped "
+                      f"(e.g. {missing[:3]})", stacklevel=3)
+        out = out[out["image_id"].isin(sizes)].reset_index(drop=True)
+        missing = []
     if missing:
         raise BoxFormatError(f"{path}: no image size for {len(missing)} boxed image(s) {missing[:5]}; fix: pass "
                              "image_size= covering every image (or drop those boxes)")

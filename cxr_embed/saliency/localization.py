@@ -66,7 +66,9 @@ class LocalizationResult:
     maps : dict of str -> ndarray of shape (H, W)
         The explanation maps (only with ``keep_maps=True``).
     boxes : DataFrame
-        The boxes used, in the images' coordinates.
+        The boxes used, in the images' coordinates (coordinates NaN when region masks were given).
+    regions : dict of str -> ndarray of shape (H, W), bool
+        The region masks given instead of boxes (only with ``keep_maps=True``).
     """
 
     per_image: Any
@@ -77,6 +79,7 @@ class LocalizationResult:
     tolerance: int
     maps: dict = field(default_factory=dict, repr=False)
     boxes: Any = field(default=None, repr=False)
+    regions: dict = field(default_factory=dict, repr=False)
 
     def value(self, metric: str = "pointing", map: str = "explanation") -> tuple[float, float, float]:
         """(mean, ci_low, ci_high) of one metric of one map.
@@ -218,9 +221,10 @@ def evaluate_localization(model, manifest, boxes, *, backbone=None, label=None, 
     manifest : DataFrame
         ``image_id`` and ``path`` (``patient_id`` for the patient bootstrap; without it every image
         is its own patient). Only images with a box are evaluated.
-    boxes : DataFrame or str or Path
+    boxes : DataFrame or str or Path or mapping of image_id -> ndarray of shape (H, W), bool
         From :func:`cxr_embed.load_boxes` (in the images' pixel coordinates), or a box table's path
-        (read with ``load_boxes(path, image_size=manifest)``, i.e. scaled to the stored images).
+        (read with ``load_boxes(path, image_size=manifest)``, i.e. scaled to the stored images), or
+        region masks (a phantom's lesion masks, a segmentation) in the images' coordinates.
     backbone : Backbone or list of Backbone, optional
         As in :func:`cxr_embed.explain`.
     label : str or int, optional
@@ -285,7 +289,12 @@ def evaluate_localization(model, manifest, boxes, *, backbone=None, label=None, 
     unknown = set(baselines) - set(BASELINES)
     if unknown:
         raise ValueError(f"unknown baseline(s) {sorted(unknown)}; choose among {BASELINES}")
-    if not hasattr(boxes, "columns"):
+    region_masks = None
+    if isinstance(boxes, Mapping):
+        region_masks = {str(k): np.asarray(v, bool) for k, v in boxes.items()}
+        boxes = pd.DataFrame({"image_id": list(region_masks), "finding": finding or "region", "x": np.nan,
+                              "y": np.nan, "w": np.nan, "h": np.nan})
+    elif not hasattr(boxes, "columns"):
         boxes = load_boxes(boxes, image_size=manifest, finding=finding)
     elif finding is not None:
         boxes = boxes[boxes["finding"].astype(str).str.lower() == str(finding).lower()]
@@ -308,18 +317,23 @@ def evaluate_localization(model, manifest, boxes, *, backbone=None, label=None, 
         explainer = _Explainer(model, backbone=backbone, method=method, label=label, **explain_kwargs)
         method = explainer.method
     rng = np.random.default_rng(random_state)
-    records, kept = [], {}
+    records, kept, kept_regions = [], {}, {}
     for _, row in rows_m.iterrows():
         image_id = str(row["image_id"])
         image, _ = read_image(row["path"])
         H, W = image.shape
         own = boxes[boxes["image_id"].astype(str) == image_id]
         b = own[["x", "y", "w", "h"]].to_numpy(float)
-        if (b[:, 0] < -1).any() or (b[:, 1] < -1).any() or (b[:, 0] + b[:, 2] > W + 1).any() or \
+        if region_masks is not None:
+            mask = region_masks[image_id]
+            if mask.shape != (H, W) or not mask.any():
+                raise ValueError(f"the region mask of {image_id!r} has shape {mask.shape} (image {(H, W)}) or is empty")
+        elif (b[:, 0] < -1).any() or (b[:, 1] < -1).any() or (b[:, 0] + b[:, 2] > W + 1).any() or \
                 (b[:, 1] + b[:, 3] > H + 1).any():
             raise BoxFormatError(f"a box of {image_id!r} reaches outside its {H} x {W} image; fix: read the boxes "
                                  "with load_boxes(..., image_size=manifest) to scale them to the stored images")
-        mask = boxes_to_mask(b, (H, W))
+        else:
+            mask = boxes_to_mask(b, (H, W))
         rec: dict[str, Any] = {"image_id": image_id, "patient_id": str(row.get("patient_id", image_id)),
                                "path": str(row["path"]), "n_boxes": len(b), "box_fraction": float(mask.mean())}
         sal = None
@@ -351,6 +365,8 @@ def evaluate_localization(model, manifest, boxes, *, backbone=None, label=None, 
         records.append(rec)
         if keep_maps:
             kept[image_id] = sal.astype(np.float32)
+            if region_masks is not None:
+                kept_regions[image_id] = mask
     per_image = pd.DataFrame(records)
     names = ["explanation", *[b for b in BASELINES if b in baselines]]
     summary, differences = _summaries(per_image, names, n_bootstrap, random_state, confidence)
@@ -358,7 +374,7 @@ def evaluate_localization(model, manifest, boxes, *, backbone=None, label=None, 
         extra, _ = _summaries_deletion(per_image, n_bootstrap, random_state, confidence)
         summary = pd.concat([summary, extra], ignore_index=True)
     return LocalizationResult(per_image, summary, differences, method if maps is None else "precomputed", label,
-                              tolerance, kept, boxes)
+                              tolerance, kept, boxes, kept_regions)
 
 
 def _summaries_deletion(per_image, n_bootstrap, random_state, confidence):
@@ -381,7 +397,7 @@ def _summaries_deletion(per_image, n_bootstrap, random_state, confidence):
 # --------------------------------------------------------------------------- overlays and HTML
 def _caption(row) -> str:
     hit = "inside" if row["pointing"] >= 0.5 else "outside"
-    return f"peak {hit} the box | energy in box {row['energy']:.2f} (box area {row['box_fraction']:.2f})"
+    return f"peak {hit} the region | energy inside {row['energy']:.2f} (its area {row['box_fraction']:.2f})"
 
 
 def save_localization_overlays(result: LocalizationResult, out_dir, *, n: int = 3) -> dict:
@@ -417,11 +433,12 @@ def save_localization_overlays(result: LocalizationResult, out_dir, *, n: int = 
         image, _ = read_image(row["path"])
         sal = Saliency(result.maps[row["image_id"]], result.method, result.label,
                        float(row["score"]) if np.isfinite(row["score"]) else float("nan"), None, image, row["path"])
-        b = result.boxes[result.boxes["image_id"].astype(str) == row["image_id"]]
+        b = result.boxes[result.boxes["image_id"].astype(str) == row["image_id"]].dropna(subset=["x", "y", "w", "h"])
         label = f" | {result.label}" if result.label is not None else ""
         title = f"{kind}: {row['image_id']} | {result.method}{label} | p={row['score']:.2f}"
         safe = row["image_id"].replace("/", "_").replace("\\", "_")
-        png = save_overlay(sal, out / f"{kind}_{k}_{safe}.png", boxes=b, title=title, caption=_caption(row))
+        png = save_overlay(sal, out / f"{kind}_{k}_{safe}.png", boxes=b if len(b) else None, title=title,
+                           caption=_caption(row), contour=result.regions.get(row["image_id"]))
         written[title] = png
     return written
 

@@ -110,3 +110,12 @@ def test_shared_bboxes_csv(shared_data):
     scaled = load_boxes(folder / "bboxes.csv", image_size=512)
     assert np.allclose(scaled[["x", "y", "w", "h"]], b[["x", "y", "w", "h"]], atol=0.01)
     assert ((b["x"] + b["w"]) <= 512.5).all() and ((b["y"] + b["h"]) <= 512.5).all()
+
+
+def test_boxes_of_images_outside_the_manifest_are_dropped(nih_csv):
+    man = pd.DataFrame({"image_id": ["00000001_000"], "height": [512], "width": [512]})
+    with pytest.warns(UserWarning, match="1 boxed image"):
+        b = load_boxes(nih_csv, image_size=man)
+    assert set(b["image_id"]) == {"00000001_000"}
+    with pytest.raises(BoxFormatError, match="no manifest image has a box"):
+        load_boxes(nih_csv, image_size=man.assign(image_id="zzz"))
