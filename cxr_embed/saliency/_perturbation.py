@@ -40,7 +40,7 @@ def occlusion_map(proba: Callable, x: np.ndarray, *, patch: int | None = None, s
         Side of the occluding square in input pixels; default ``max(h, w) // 7`` (one cell of a
         stride-32 CNN at 224 px).
     stride : int, optional
-        Step between patches; default ``patch // 2``.
+        Step between patches; default ``patch`` (non-overlapping: one model call per CAM cell).
     batch_size : int, default 32
         Occluded copies per model call.
 
@@ -61,7 +61,7 @@ def occlusion_map(proba: Callable, x: np.ndarray, *, patch: int | None = None, s
     x = np.asarray(x, np.float32)
     h, w = x.shape[:2]
     patch = int(patch or max(1, max(h, w) // 7))
-    stride = int(stride or max(1, patch // 2))
+    stride = int(stride or patch)
     blurred = np.stack([gaussian_filter(x[..., c], patch / 2.0) for c in range(x.shape[-1])], axis=-1)
     rows = sorted(set(list(range(0, max(h - patch, 0) + 1, stride)) + [max(h - patch, 0)]))
     cols = sorted(set(list(range(0, max(w - patch, 0) + 1, stride)) + [max(w - patch, 0)]))
