@@ -467,10 +467,13 @@ def resolve_method(model, method: str = "auto") -> str:
         return AUTO_METHODS["cnn"]
     from ._heads import linear_head
 
-    try:
-        est, _, _ = _unwrap(model, None)
-    except ValueError:  # several labels: the label is chosen later; look at the first
-        est = model.estimators_[0] if hasattr(model, "estimators_") else model
+    est = model
+    if hasattr(est, "estimator") and hasattr(est, "backbone_fingerprint"):  # ModelBundle
+        est = est.estimator
+    if hasattr(est, "best_estimator_"):
+        est = est.best_estimator_
+    if hasattr(est, "estimators_") and hasattr(est, "labels_"):  # MultiLabelClassifier: one kind for all labels
+        est = est.estimators_[0]
     dim = _input_dim(est)
     if dim is not None and hasattr(est, "predict_proba"):
         try:

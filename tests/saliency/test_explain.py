@@ -282,3 +282,15 @@ def test_ensembles_combine_member_maps(kind, embeddings):
     assert s.score == pytest.approx(ens.predict_proba([X[:1], X2[:1]])[0, 1], abs=1e-5)
     with pytest.raises(ValueError, match="2 members but 1 backbones"):
         explain(images[0], ens, backbone=[bb1])
+
+
+def test_auto_method_sees_through_multilabel_wrappers(embeddings):
+    from cxr_embed import MultiLabelClassifier
+
+    _, X, y = embeddings
+    import pandas as pd
+
+    Y = pd.DataFrame({"a": y, "b": 1 - y})
+    lin = MultiLabelClassifier(make_pipeline(StandardScaler(), LogisticRegression())).fit(X, Y)
+    rf = MultiLabelClassifier(RandomForestClassifier(n_estimators=5, random_state=0)).fit(X, Y)
+    assert resolve_method(lin) == AUTO_METHODS["linear"] and resolve_method(rf) == AUTO_METHODS["other"]
