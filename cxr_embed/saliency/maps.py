@@ -36,7 +36,7 @@ METHODS = ("auto", "gradcam", "gradcam++", "layercam", "layercam-stages", "score
            "smoothgrad", "occlusion")
 _GRADIENT_METHODS = {"gradcam", "gradcam++", "layercam", "layercam-stages", "smoothgrad"}
 #: What ``method="auto"`` means for each kind of model (chosen by measurement, docs/explain.md).
-AUTO_METHODS = {"cnn": "gradcam", "linear": "gradcam", "other": "scorecam"}
+AUTO_METHODS = {"cnn": "gradcam", "linear": "gradcam", "other": "occlusion"}
 
 
 @dataclass
