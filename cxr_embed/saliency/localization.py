@@ -435,7 +435,8 @@ def save_localization_overlays(result: LocalizationResult, out_dir, *, n: int = 
                        float(row["score"]) if np.isfinite(row["score"]) else float("nan"), None, image, row["path"])
         b = result.boxes[result.boxes["image_id"].astype(str) == row["image_id"]].dropna(subset=["x", "y", "w", "h"])
         label = f" | {result.label}" if result.label is not None else ""
-        title = f"{kind}: {row['image_id']} | {result.method}{label} | p={row['score']:.2f}"
+        score = f" | p={row['score']:.2f}" if np.isfinite(row["score"]) else ""
+        title = f"{kind}: {row['image_id']} | {result.method}{label}{score}"
         safe = row["image_id"].replace("/", "_").replace("\\", "_")
         png = save_overlay(sal, out / f"{kind}_{k}_{safe}.png", boxes=b if len(b) else None, title=title,
                            caption=_caption(row), contour=result.regions.get(row["image_id"]))
