@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONDONTWRITEBYTECODE ?= 1
 
-.PHONY: install test test-slow demo bench docs clean
+.PHONY: install test test-slow demo bench bench-ray docs clean
 
 $(STAMP): setup.cfg setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/extract.py
+
+bench-ray: $(STAMP)
+	$(BIN)/python bench/distributed.py
 
 docs: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[docs]"

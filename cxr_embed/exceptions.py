@@ -13,6 +13,15 @@ __all__ = [
     "ImageNotFoundError",
     "NoPixelDataError",
     "MultiFrameError",
+    "NotRegularFileError",
+    "ImageAccessError",
+    "ImageDecodeError",
+    "InvalidHeaderError",
+    "HeaderMismatchError",
+    "InvalidLUTError",
+    "NonFiniteImageError",
+    "ConstantImageError",
+    "ImageTooLargeError",
     "ManifestError",
     "MissingFilesError",
     "BoxFormatError",
@@ -22,9 +31,16 @@ __all__ = [
     "FingerprintMismatchError",
     "StoreLockedError",
     "MissingIdsError",
+    "StoreCorruptError",
+    "StoreWriteError",
+    "StoreInputError",
     "LeakageError",
+    "InvalidInputError",
     "BundleIntegrityError",
+    "NotOurFileError",
     "MissingDependencyError",
+    "ClinicalDataError",
+    "HarmonizationError",
 ]
 
 
@@ -63,6 +79,47 @@ class NoPixelDataError(ImageReadError):
 
 class MultiFrameError(ImageReadError):
     """A multi-frame DICOM was read without choosing ``frame=``."""
+
+
+class NotRegularFileError(ImageReadError):
+    """The path is not a regular file (a FIFO, socket, device or symlink loop); it is never opened."""
+
+
+class ImageAccessError(ImageReadError, PermissionError):
+    """The file exists but may not be read (permissions)."""
+
+
+class ImageDecodeError(ImageReadError):
+    """The bytes could not be decoded: a truncated or corrupt file, or the decoder itself failed.
+
+    Any exception of pydicom, Pillow or numpy while decoding one file ends up as this class (chained
+    with ``from``), never as a bare ``IndexError``, ``struct.error`` or ``MemoryError``.
+    """
+
+
+class InvalidHeaderError(ImageReadError):
+    """A header value is impossible (Rows <= 0, BitsStored > BitsAllocated, unknown
+    PhotometricInterpretation, SamplesPerPixel that does not fit the photometric interpretation)."""
+
+
+class HeaderMismatchError(InvalidHeaderError):
+    """The header disagrees with the pixel data it describes (e.g. Rows x Columns vs the bytes present)."""
+
+
+class InvalidLUTError(ImageReadError):
+    """A Modality LUT, rescale, VOI LUT or window is malformed, zero or not finite."""
+
+
+class NonFiniteImageError(ImageReadError):
+    """Pixels are NaN or infinite (float pixel data, or a rescale that overflows)."""
+
+
+class ConstantImageError(ImageReadError):
+    """Every pixel has the same value after the VOI step: the image carries no information."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """The header declares more pixels than the ``max_pixels`` budget (checked before decoding)."""
 
 
 # --- manifests -------------------------------------------------------------
@@ -104,14 +161,43 @@ class MissingIdsError(StoreError, LookupError):
     """Ids asked for are not in the store."""
 
 
+class StoreCorruptError(StoreError):
+    """What the store read back is damaged: an HDF5 error, a checksum or a length that disagrees."""
+
+
+class StoreWriteError(StoreError, OSError):
+    """Writing to the store failed (disk full, I/O error); rows committed before are intact."""
+
+
+class StoreInputError(StoreError, ValueError):
+    """Rows given to a store writer are malformed (shape, non-finite values, duplicate or bad ids)."""
+
+
 # --- statistics and models -------------------------------------------------
 class LeakageError(CxrEmbedError, ValueError):
     """A split puts the same patient on both sides."""
+
+
+class InvalidInputError(CxrEmbedError, ValueError):
+    """An array or option given to an analysis is malformed (shape, NaN/inf, unknown choice)."""
 
 
 class BundleIntegrityError(CxrEmbedError, ValueError):
     """A saved model bundle failed its integrity check or does not match the data."""
 
 
+class NotOurFileError(CxrEmbedError, FileExistsError):
+    """A path to overwrite holds something cxr_embed did not write (never deleted)."""
+
+
 class MissingDependencyError(CxrEmbedError, ImportError):
     """An optional dependency is not installed; the message names the extra."""
+
+
+# --- clinical variables and harmonisation ------------------------------------
+class ClinicalDataError(CxrEmbedError, ValueError):
+    """Clinical columns beside the embeddings are missing, misnamed or unusable."""
+
+
+class HarmonizationError(CxrEmbedError, ValueError):
+    """Site harmonisation cannot run: no site column, a site too small, an unseen site refused."""

@@ -20,7 +20,8 @@ Stages (each timed; the wall times are printed at the end):
 7. saliency overlays (the default ``method="auto"`` per model kind) of a few true positives, with the
    true lesion outlined and the pointing result in the caption: through the logistic regression on
    Lite0 embeddings and through the fine-tuned CNN;
-8. the HTML report.
+8. the HTML report: a summary sentence per setting and a forest plot first, then the tables,
+   ROC and calibration curves, the best approach's metrics and the overlays in a grid.
 """
 from __future__ import annotations
 
@@ -235,7 +236,9 @@ def _saliency(result, bb, target, site_dir: Path, out: Path, n: int) -> dict:
             who = f"logreg on {bb.name} embeddings" if kind == "logreg" else "fine-tuned CNN"
             png = cxr_embed.save_overlay(s, out / f"{row['image_id']}_{kind}_{s.method}.png", contour=contour,
                                          title=f"{s.method} | {label} | p={s.score:.2f} | {who}", caption=caption)
-            images[f"{s.method}, {who}: {row['image_id']} ({label}, p={s.score:.2f}); {caption or ''}"] = png
+            region = "; white outline: the true lesion" if contour is not None else ""
+            images[f"{row['image_id']}: {label}, p = {s.score:.2f}. {s.method} of {who}{region}"
+                   + (f"; {caption}" if caption else "")] = png
             print(f"   {png}")
     return images
 

@@ -1,4 +1,4 @@
-"""Smoke test of bench/extract.py: it runs end to end and prints the JSON it promises (slow set)."""
+"""Smoke tests of bench/extract.py and bench/distributed.py: they run end to end and print the JSON they promise (slow set)."""
 from __future__ import annotations
 
 import json
@@ -26,3 +26,17 @@ def test_bench_extract_runs_and_prints_json():
     assert 0 < lite["ratio_png_to_model"] and 0 < lite["ratio_dicom_to_model"]
     assert [r["n"] for r in result["memory"]["runs"]] == [20, 40]
     assert set(result["goals"]) >= {"efficientnet_lite0: ratio_png_to_model>=0.9", "memory_flat(<1.1x)"}
+
+
+@pytest.mark.slow
+def test_bench_distributed_runs_and_prints_json():
+    pytest.importorskip("ray")
+    cmd = [sys.executable, str(ROOT / "bench" / "distributed.py"), "--n", "16", "--image-size", "64", "--input-size",
+           "64", "--batch-size", "8", "--object-store-mb", "100"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result["n"] == 16 and result["local_images_per_second"] > 0 and result["ray_images_per_second"] > 0
+    assert result["bits_equal"] is True and result["ratio_ray_to_local"] > 0
+    assert set(result["goals"]) == {"ratio_ray_to_local>=0.7", "bits_equal"}

@@ -16,7 +16,9 @@ TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--input-size", "32"]
 
 
 def _run(script: str, *args: str, timeout: int = 600) -> str:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": "",
+           # the checkout under test, not another one installed in editable mode
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=ROOT)
     assert proc.returncode == 0, f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
@@ -62,6 +64,25 @@ def test_demo_quick(tmp_path):
     assert (tmp_path / "report" / "index.html").is_file()
     assert (tmp_path / "timings.csv").is_file()
     assert list((tmp_path / "saliency").glob("*_gradcam.png"))
+
+
+@pytest.mark.slow
+def test_demo_report_in_a_headless_browser(tmp_path):
+    """The demo's report at 1280x800 in headless Chromium: no error, every image decodes, the summary
+    and the forest plot above the fold (the screenshot stays in the test's folder)."""
+    from _browser import check_report, find_chromium, inspect_page
+
+    browser = find_chromium()
+    if browser is None:
+        pytest.skip("no Chromium installed (apt-get install chromium)")
+    _run("demo.py", "--quick", "--out", str(tmp_path), "--n-explain", "2", *TINY)
+    index = tmp_path / "report" / "index.html"
+    page = inspect_page(index, tmp_path / "demo_report_1280x800.png", browser=browser)
+    check_report(page)
+    overlays = [i for i in page["probe"]["images"] if i["mime"] == "image/jpeg"]
+    assert len(overlays) == 4 and all("p = " in i["alt"] for i in overlays)
+    assert "None" not in " ".join(i["alt"] for i in overlays)
+    assert index.stat().st_size < 1_000_000
 
 
 @pytest.mark.slow

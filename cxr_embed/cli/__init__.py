@@ -7,6 +7,7 @@ parsed :class:`argparse.Namespace` and returns an exit status (``int``).
 
 Errors raised on purpose by cxr_embed (:class:`cxr_embed.CxrEmbedError`) print one
 ``error: ...`` line to stderr and exit with status 2; ``--debug`` shows the traceback.
+TensorFlow's start-up messages are hidden during a command (``_quiet``); ``--debug`` shows them.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 __all__ = ["main", "build_parser"]
 
 #: Modules of cxr_embed.cli that register subcommands, in help order.
-_COMMAND_MODULES = ["_io", "_extract", "_models", "_compare", "_explain", "_localize"]
+_COMMAND_MODULES = ["_io", "_extract", "_store", "_models", "_compare", "_explain", "_localize", "_audit"]
 
 EXIT_ERROR = 2
 
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cxr-embed {cxr_embed.__version__}")
     parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of errors (and debug logging)")
+                        help="show the full traceback of errors, debug logging and TensorFlow's start-up messages")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
@@ -87,9 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
+    from ._quiet import quiet_tensorflow
+
     restore = _configure_logging(args.debug, args.verbose)
     try:
-        return int(args.func(args) or 0)
+        with quiet_tensorflow(not args.debug):
+            return int(args.func(args) or 0)
     except cxr_embed.CxrEmbedError as e:
         if args.debug:
             traceback.print_exc()

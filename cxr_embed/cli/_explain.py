@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ._bundles import add_key_arguments, load_bundle
+
 __all__ = ["register"]
 
 
@@ -78,6 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="for a .keras backbone: input normalisation mode (none, caffe, torch, tf)")
     g.add_argument("--input-size", type=int, default=None, help="square input size of the backbone")
     p.add_argument("--out", required=True, help="output folder (created)")
+    add_key_arguments(p, loading=True)
     p.add_argument("--limit", type=int, default=None, help="explain only the first N images of the manifest")
     p.add_argument("--no-h5", dest="h5", action="store_false", help="do not write saliency.h5")
     p.set_defaults(func=_cmd_explain)
@@ -225,7 +228,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if label is not None and label.isdigit():
         label = int(label)
     if _is_bundle(model_path):
-        model = cxr_embed.load_model(model_path)
+        model = load_bundle(args, model_path)
         backbone = _bundle_backbone(args, model)
         what = f"bundle {model_path} ({model.extra.get('classifier', type(model.estimator).__name__)})"
         if label is None and len(model.labels) > 1:

@@ -1,16 +1,17 @@
-"""``cxr-embed extract`` and ``cxr-embed store info``: fill and inspect an embedding store."""
+"""``cxr-embed extract``: fill an embedding store (``cxr-embed store ...`` lives in :mod:`cxr_embed.cli._store`)."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 from typing import Any
 
 __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``extract`` and ``store`` subcommands.
+    """Add the ``extract`` subcommand.
 
     Parameters
     ----------
@@ -22,8 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     >>> import argparse
     >>> parser = argparse.ArgumentParser()
     >>> register(parser.add_subparsers(dest="command"))
-    >>> parser.parse_args(["store", "info", "emb.h5", "--json"]).json
-    True
+    >>> parser.parse_args(["extract", "--manifest", "m.csv", "--backbone", "densenet121", "--store", "s.h5"]).batch_size
+    32
     """
     p = subparsers.add_parser(
         "extract", help="embed every image of a manifest into an HDF5 store (resumable)",
@@ -45,19 +46,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--workers", type=int, default=None,
                    help="decoding worker processes (default: CPU count - 1, at most 8; 0 = in-process)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="refuse images whose header declares more pixels (default 100 megapixels)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16"], help="storage type of a new group")
+    p.add_argument("--engine", default=None, choices=["local", "ray"],
+                   help="local (default): decoding workers in this process; ray: a Ray Data pipeline on a Ray "
+                        "cluster (pip install 'cxr_embed[ray]'), this process stays the only writer of the store")
+    p.add_argument("--ray-address", default=None,
+                   help="implies --engine ray: cluster address (auto, HOST:6379); without it, a local Ray "
+                        "instance sized to this machine is started and shut down")
+    p.add_argument("--ray-actors", type=int, default=None,
+                   help="implies --engine ray: embedding actors (default: one per GPU of the cluster, else 1)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=_cmd_extract)
-
-    s = subparsers.add_parser("store", help="inspect an embedding store",
-                              description="Inspect an HDF5 embedding store written by cxr_embed.")
-    ssub = s.add_subparsers(dest="store_command", metavar="ACTION")
-    info = ssub.add_parser("info", help="backbones, counts, dimensions and configuration of a store")
-    info.add_argument("store", help="HDF5 store")
-    info.add_argument("--json", action="store_true", help="print one JSON object")
-    info.set_defaults(func=_cmd_store_info)
-    s.set_defaults(func=lambda args: (s.print_help(), 2)[1])
 
 
 def _backbone(args):
@@ -76,10 +78,21 @@ def _backbone(args):
 def _cmd_extract(args: argparse.Namespace) -> int:
     import cxr_embed
 
+    ray_flags = args.ray_address is not None or args.ray_actors is not None
+    if args.engine == "local" and ray_flags:
+        print("error: --ray-address and --ray-actors are options of --engine ray, not --engine local", file=sys.stderr)
+        return 2
     manifest = cxr_embed.load_manifest(args.manifest)
     backbone = _backbone(args)
+    engine = args.engine or ("ray" if ray_flags else "local")
+    ray_kw = {}
+    if engine == "ray":
+        ray_kw = {"ray_address": args.ray_address,
+                  "ray_options": {"actors": args.ray_actors} if args.ray_actors is not None else None}
     report = cxr_embed.extract(manifest, backbone, args.store, batch_size=args.batch_size,
-                               workers=args.workers, progress=args.progress, dtype=args.dtype)
+                               workers=args.workers, progress=args.progress, dtype=args.dtype,
+                               engine=engine, **ray_kw,
+                               **({} if args.max_pixels is None else {"max_pixels": args.max_pixels}))
     if args.json:
         d = dict(vars(report))
         d["failures"] = [list(f) for f in report.failures]
@@ -87,29 +100,3 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     else:
         print(report)
     return 1 if report.n_failed and not report.n_done and not report.n_cached else 0
-
-
-def _cmd_store_info(args: argparse.Namespace) -> int:
-    import cxr_embed
-
-    info = cxr_embed.EmbeddingStore(args.store, mode="r").info()
-    if args.json:
-        print(json.dumps(info, default=str))
-        return 0
-    print(f"store:    {info['path']}")
-    print(f"format:   {info['format']} v{info.get('format_version')}  (library {info.get('library_version')}, "
-          f"tensorflow {info.get('tensorflow_version', 'unknown')})")
-    print(f"created:  {info.get('created')}   updated: {info.get('updated')}")
-    if info.get("pending_journal_batches"):
-        print(f"journal:  {info['pending_journal_batches']} batches not yet compacted (a writer is running or was killed)")
-    if not info["backbones"]:
-        print("backbones: none")
-    for fp, b in info["backbones"].items():
-        cfg = b["config"]
-        name = cfg.get("name", "?") if isinstance(cfg, dict) else "?"
-        print(f"- {fp[:12]}  {name}: {b['count']} embeddings x {b['dim']} ({b['dtype']})")
-        print(f"    config: {json.dumps(cfg, sort_keys=True, default=str)}")
-        for c in b.get("compute", []):
-            print(f"    computed: {c.get('precision')} on {c.get('replicas')} device(s) {c.get('devices')}"
-                  f"{' with XLA' if c.get('xla') else ''}")
-    return 0

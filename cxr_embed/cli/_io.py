@@ -4,7 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from typing import Any
+
+# cxr_embed.io.manifest.FORMATS, spelled out so that building the parser imports no pandas
+# (tests/test_manifest_hostile.py checks that the two agree)
+MANIFEST_FORMATS = ("csv", "chexpert", "nih", "padchest", "mimic", "rsna", "vindr", "siim",
+                    "folders", "dicom_folder", "images")
 
 __all__ = ["register"]
 
@@ -36,16 +42,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--window", nargs=2, type=float, metavar=("CENTER", "WIDTH"),
                    help="explicit DICOM window centre and width")
     p.add_argument("--frame", type=int, default=None, help="frame index of a multi-frame DICOM")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="refuse images whose header declares more pixels (default 100 megapixels)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=_cmd_info)
 
     p = subparsers.add_parser(
         "manifest", help="summarise a dataset table or image folder",
-        description="Load a dataset (generic CSV, CheXpert CSV, NIH Data_Entry CSV, class folders or a "
-                    "DICOM folder) and print images, patients, label counts, views and sexes.")
+        description="Load a dataset (generic CSV; the tables of NIH ChestX-ray14 and its Google 2019 labels, "
+                    "CheXpert, PadChest, MIMIC-CXR-JPG, RSNA Pneumonia, VinDr-CXR, SIIM-ACR; class folders, an "
+                    "image folder or a DICOM folder) and print images, patients, label counts, views and sexes.")
     p.add_argument("path", help="CSV file or folder")
-    p.add_argument("--format", default="auto",
-                   help="auto (default), csv, chexpert, nih, folders or dicom_folder")
+    p.add_argument("--format", default="auto", choices=("auto", *MANIFEST_FORMATS),
+                   help="auto (default) or one of: " + ", ".join(MANIFEST_FORMATS))
     p.add_argument("--root", default=None, help="folder that relative image paths are resolved against")
     p.add_argument("--no-check-files", dest="check_files", action="store_false",
                    help="do not require the image files to exist")
@@ -53,6 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="generic CSV: comma-separated label columns (overrides auto-detection)")
     p.add_argument("--id-column", default=None,
                    help="generic CSV: column to use as image id ('path' derives ids from paths)")
+    p.add_argument("--rule", default=None, choices=("any", "majority"),
+                   help="VinDr-CXR: a finding is positive when any radiologist marked it (default) or most did")
     p.add_argument("--patient-pattern", default=None,
                    help=r"class folders: regex whose first group is the patient id, e.g. '(person\d+)_'")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -65,9 +76,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import cxr_embed
 
     kwargs: dict[str, Any] = {"voi": args.voi, "frame": args.frame}
+    if args.max_pixels is not None:
+        kwargs["max_pixels"] = args.max_pixels
     if args.window is not None:
         kwargs["window"] = tuple(args.window)
-    image, meta = cxr_embed.read_image(args.file, **kwargs)
+    try:
+        image, meta = cxr_embed.read_image(args.file, **kwargs)
+    except cxr_embed.CxrEmbedError:
+        raise  # a bad file: main() prints its one-line message
+    except (ValueError, TypeError) as e:  # a bad --voi / --window value, not a bad file
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     image = np.asarray(image)
     summary = {
         "file": str(args.file),
@@ -101,7 +120,8 @@ def _cmd_manifest(args: argparse.Namespace) -> int:
     if args.labels is not None:
         labels = [s.strip() for s in args.labels.split(",") if s.strip()]
     df = cxr_embed.load_manifest(args.path, format=args.format, root=args.root, check_files=args.check_files,
-                                 labels=labels, id_column=args.id_column, patient_pattern=args.patient_pattern)
+                                 labels=labels, id_column=args.id_column, patient_pattern=args.patient_pattern,
+                                 rule=args.rule)
     s = cxr_embed.summarize_manifest(df)
     if args.json:
         print(json.dumps(s, default=_jsonable))
@@ -112,6 +132,7 @@ def _cmd_manifest(args: argparse.Namespace) -> int:
     print(f"images:   {s['n_images']}")
     print(f"patients: {s['n_patients']} (images per patient: min {ipp['min']}, "
           f"median {ipp['median']:g}, max {ipp['max']})")
+    print(f"paths outside root: {s['n_outside_root']}")
     if s["labels"]:
         width = max(9, *(len(k) for k in s["labels"]))
         print("labels:")

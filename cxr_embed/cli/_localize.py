@@ -13,6 +13,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ._bundles import add_key_arguments, load_bundle
+
 __all__ = ["register"]
 
 
@@ -68,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--preprocess", default="none", help="for a .keras backbone: input normalisation mode")
     g.add_argument("--input-size", type=int, default=None, help="square input size of the backbone")
     p.add_argument("--out", required=True, help="output folder (created)")
+    add_key_arguments(p, loading=True)
     p.set_defaults(func=_cmd_localize)
 
 
@@ -82,7 +85,7 @@ def _cmd_localize(args: argparse.Namespace) -> int:
     model_path = Path(args.model)
     kwargs: dict = {}
     if _is_bundle(model_path):
-        model = cxr_embed.load_model(model_path)
+        model = load_bundle(args, model_path)
         backbone = _bundle_backbone(args, model)
         if label is None and len(model.labels) > 1:
             raise cxr_embed.BundleIntegrityError(

@@ -11,6 +11,8 @@ import argparse
 import sys
 from typing import Any
 
+from ._bundles import add_key_arguments, bundle_key, load_bundle
+
 __all__ = ["register"]
 
 
@@ -63,10 +65,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pca", type=float, default=None,
                    help="PCA before the classifier: components (>= 1) or variance fraction (< 1)")
     p.add_argument("--n-jobs", type=int, default=None, help="parallel jobs")
+    p.add_argument("--clinical", default=None, metavar="COLS",
+                   help="comma-separated manifest columns used beside the embeddings (e.g. age,sex,view): scaled, "
+                        "imputed and one-hot encoded inside each training fold; evaluate/predict read them too")
     p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True, help="bundle directory to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing bundle (only a folder that is recognisably a bundle is replaced)")
+    add_key_arguments(p, loading=False)
     p.set_defaults(func=_cmd_fit)
 
     p = subparsers.add_parser(
@@ -82,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True, help="report directory")
+    add_key_arguments(p, loading=True)
     p.set_defaults(func=_cmd_evaluate)
 
     p = subparsers.add_parser(
@@ -91,6 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data_args(p)
     p.add_argument("--model", required=True, help="bundle directory (cxr-embed fit)")
     p.add_argument("--out", required=True, help="CSV file to write")
+    add_key_arguments(p, loading=True)
     p.set_defaults(func=_cmd_predict)
 
 
@@ -166,6 +175,20 @@ def _label_columns(manifest: Any, wanted: list[str] | None) -> list[str]:
     return labels
 
 
+def _with_clinical(manifest: Any, X: Any, columns: list[str] | None) -> Any:
+    """The embeddings alone, or beside the manifest's clinical columns (cxr_embed.learn.clinical)."""
+    if not columns:
+        return X
+    import cxr_embed
+    from cxr_embed.learn.clinical import clinical_frame
+
+    missing = [c for c in columns if c not in manifest.columns]
+    if missing:
+        raise cxr_embed.ManifestError(f"clinical column(s) {missing} are not in the manifest (it has "
+                                      f"{list(manifest.columns)}); fix: add them or change --clinical")
+    return clinical_frame(X, manifest[list(columns)])
+
+
 def _print_table(df: Any) -> None:
     print(df.to_string(float_format=lambda v: f"{v:.3f}"))
 
@@ -177,15 +200,18 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from cxr_embed.learn.labels import normalize_policy
 
     wanted = None if args.labels is None else [s.strip() for s in args.labels.split(",") if s.strip()]
+    key = bundle_key(args)  # a bad key file fails before the fit, not after it
     try:
         policy = normalize_policy(args.policy)
         pca = None if args.pca is None else (int(args.pca) if args.pca >= 1 else float(args.pca))
+        clinical = None if args.clinical is None else [s.strip() for s in args.clinical.split(",") if s.strip()]
         base = make_classifier(args.classifier, search=args.search, n_jobs=args.n_jobs, random_state=args.seed,
-                               pca=pca, cv=args.inner_cv)
+                               pca=pca, cv=args.inner_cv, clinical=clinical)
     except ValueError as e:
         return _error(str(e))
     manifest, X, fp = _load_data(args, None)
     labels = _label_columns(manifest, wanted)
+    X = _with_clinical(manifest, X, clinical)
     Y = manifest[labels].astype(float)
     groups = manifest["patient_id"].astype(str).to_numpy()
     estimator = MultiLabelClassifier(base, policy=policy, random_state=args.seed)
@@ -198,12 +224,12 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             raise
         return _error(str(e))
     extra = {"classifier": args.classifier, "policy": policy, "search": args.search, "cv": args.cv,
-             "repeats": args.repeats, "seed": args.seed, "pca": pca, "store": str(args.store),
+             "repeats": args.repeats, "seed": args.seed, "pca": pca, "clinical": clinical, "store": str(args.store),
              "manifest": str(args.manifest), "n_images": int(len(manifest)), "n_patients": int(len(set(groups))),
              # so `cxr-embed explain` can rebuild the backbone without the store
              "backbone_config": cxr_embed.EmbeddingStore(args.store, mode="r").info()["backbones"][fp].get("config")}
     path = cxr_embed.save_model(args.out, estimator, labels=labels, backbone_fingerprint=fp, manifest=manifest,
-                                metrics=summary, extra=extra, overwrite=args.overwrite)
+                                metrics=summary, extra=extra, overwrite=args.overwrite, key=key)
     print(f"model bundle written to {path}")
     return 0
 
@@ -249,10 +275,9 @@ def _subgroups(manifest: Any, spec: str) -> dict:
 
 
 def _predictions(args: argparse.Namespace):
-    import cxr_embed
-
-    bundle = cxr_embed.load_model(args.model)
+    bundle = load_bundle(args, args.model)
     manifest, X, fp = _load_data(args, bundle.backbone_fingerprint)
+    X = _with_clinical(manifest, X, bundle.extra.get("clinical"))
     proba = bundle.predict_proba(X, fingerprint=fp)
     return bundle, manifest, proba
 

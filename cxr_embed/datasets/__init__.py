@@ -9,7 +9,8 @@ source and a target site for the demo. Importing this package renders nothing.
 from __future__ import annotations
 
 from ._writers import load_masks, make_demo_sites, write_dataset
-from .synthetic import FINDINGS, SITES, SiteProfile, SyntheticCXR, cardiothoracic_ratio, make_synthetic_cxr
+from .synthetic import (CLINICAL_COVARIATES, FINDINGS, SITES, SiteProfile, SyntheticCXR, add_clinical_covariates,
+                        cardiothoracic_ratio, make_synthetic_cxr)
 
 __all__ = [
     "FINDINGS",
@@ -17,6 +18,8 @@ __all__ = [
     "SiteProfile",
     "SyntheticCXR",
     "make_synthetic_cxr",
+    "add_clinical_covariates",
+    "CLINICAL_COVARIATES",
     "cardiothoracic_ratio",
     "write_dataset",
     "load_masks",

@@ -154,6 +154,7 @@ def make_demo_sites(
     size: int = 256,
     images_per_patient: int = 1,
     format: str = "dicom",
+    clinical: bool = False,
 ) -> dict:
     """Write a source site and a target site for the demo and the transfer comparison.
 
@@ -175,6 +176,8 @@ def make_demo_sites(
         Passed to :func:`make_synthetic_cxr`.
     format : {"dicom", "png", "both"}, default "dicom"
         Passed to :func:`write_dataset`.
+    clinical : bool, default False
+        Add the planted clinical covariates (``make_synthetic_cxr(..., clinical=True)``) to labels.csv.
 
     Returns
     -------
@@ -192,7 +195,8 @@ def make_demo_sites(
     source_rng, target_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     paths = {}
     for key, site, n, rng in (("source", "A", n_source, source_rng), ("target", "B", n_target, target_rng)):
-        ds = make_synthetic_cxr(n, site=site, size=size, seed=rng, images_per_patient=images_per_patient)
+        ds = make_synthetic_cxr(n, site=site, size=size, seed=rng, images_per_patient=images_per_patient,
+                                clinical=clinical)
         paths[key] = write_dataset(ds, out / key, format=format, monochrome1=SITES[site].monochrome1)
     return paths
 

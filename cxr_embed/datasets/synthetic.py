@@ -19,7 +19,8 @@ import pandas as pd
 
 from . import _phantom
 
-__all__ = ["FINDINGS", "SITES", "SiteProfile", "SyntheticCXR", "make_synthetic_cxr", "cardiothoracic_ratio"]
+__all__ = ["CLINICAL_COVARIATES", "FINDINGS", "SITES", "SiteProfile", "SyntheticCXR", "add_clinical_covariates",
+           "make_synthetic_cxr", "cardiothoracic_ratio"]
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +236,7 @@ def make_synthetic_cxr(
     marker_shortcut: bool | str = False,
     images_per_patient: int = 1,
     opacity_contrast: float = 1.0,
+    clinical: bool = False,
 ) -> SyntheticCXR:
     """Render phantom chest radiographs with findings at known locations and site effects.
 
@@ -272,6 +274,11 @@ def make_synthetic_cxr(
         on 64 px images needs a more conspicuous lesion (for example 2.0). Only the rendered
         amplitude changes (the same seed gives the same patients, labels, lesion locations and
         masks); ``params["opacity_amplitude"]`` records the scaled value.
+    clinical : bool, default False
+        Add clinical covariates to ``labels`` (see :func:`add_clinical_covariates`): ``wbc`` and
+        ``fever`` depend on the first finding, ``crp`` weakly on it, ``bmi`` and ``smoker`` on
+        nothing; ``wbc``, ``crp`` and ``smoker`` have missing values. They come from their own
+        random stream, so images, labels and every other column are identical with or without them.
 
     Returns
     -------
@@ -317,6 +324,8 @@ def make_synthetic_cxr(
             raise ValueError(f"marker_shortcut names {shortcut!r}, which is not among findings {findings}")
     n, size = int(n), int(size)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    # clinical covariates get a child stream (spawning draws nothing from rng: images stay identical)
+    clinical_rng = rng.spawn(1)[0] if clinical else None
     # pixel noise and texture come from their own stream, so the patients, labels and lesions
     # drawn from ``rng`` are the same at every image size
     pixel_rng = np.random.default_rng(rng.integers(2**63))
@@ -367,8 +376,65 @@ def make_synthetic_cxr(
             })
             i += 1
     logger.debug("rendered %d synthetic images of site %s at %d px", n, profile.name, size)
-    return SyntheticCXR(images=images, masks=masks, labels=pd.DataFrame(rows), anatomy=anatomy,
+    labels = pd.DataFrame(rows)
+    if clinical:
+        labels = add_clinical_covariates(labels, findings[0], seed=clinical_rng)
+    return SyntheticCXR(images=images, masks=masks, labels=labels, anatomy=anatomy,
                         params=pd.DataFrame(params), site=profile, findings=findings)
+
+
+#: Clinical covariates of :func:`add_clinical_covariates`: name -> what it depends on.
+CLINICAL_COVARIATES = MappingProxyType({
+    "wbc": "predictive: white-cell count (10^9/L), higher with the finding; 15% missing",
+    "crp": "weakly predictive: C-reactive protein (mg/L), slightly higher with the finding; 25% missing",
+    "fever": "predictive: 'yes'/'no', more often 'yes' with the finding",
+    "bmi": "noise: body-mass index, independent of every label",
+    "smoker": "noise: 'never'/'former'/'current', independent of every label; 10% missing",
+})
+
+
+def add_clinical_covariates(labels: pd.DataFrame, target: str, *, seed=None) -> pd.DataFrame:
+    """Add planted clinical covariates (some predictive of ``target``, some noise, some missing).
+
+    Parameters
+    ----------
+    labels : DataFrame
+        One row per image with a 0/1 column ``target`` (e.g. ``make_synthetic_cxr(...).labels``).
+    target : str
+        The label the predictive covariates depend on.
+    seed : int, numpy.random.Generator or None
+
+    Returns
+    -------
+    DataFrame
+        A copy with the columns of :data:`CLINICAL_COVARIATES`: ``wbc`` ~ N(8 + 4 y, 2) (15% NaN),
+        ``crp`` ~ lognormal(log 10 + 0.3 y, 0.8) (25% NaN), ``fever`` "yes" with probability
+        0.2 + 0.5 y, ``bmi`` ~ N(26, 4), ``smoker`` uniform over three levels (10% missing).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> out = add_clinical_covariates(pd.DataFrame({"opacity": [0, 1] * 50}), "opacity", seed=0)
+    >>> bool(out.loc[out.opacity == 1, "wbc"].mean() > out.loc[out.opacity == 0, "wbc"].mean())
+    True
+    """
+    if target not in labels.columns:
+        raise ValueError(f"target {target!r} is not a column of labels ({list(labels.columns)})")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    y = labels[target].to_numpy(dtype=float)
+    n = len(labels)
+    out = labels.copy()
+    wbc = rng.normal(8.0 + 4.0 * y, 2.0).clip(1.0, None).round(1)
+    crp = np.exp(rng.normal(np.log(10.0) + 0.3 * y, 0.8)).round(1)
+    fever = np.where(rng.random(n) < 0.2 + 0.5 * y, "yes", "no")
+    bmi = rng.normal(26.0, 4.0, n).round(1)
+    smoker = rng.choice(np.array(["never", "former", "current"], dtype=object), n)
+    out["wbc"] = np.where(rng.random(n) < 0.15, np.nan, wbc)
+    out["crp"] = np.where(rng.random(n) < 0.25, np.nan, crp)
+    out["fever"] = fever
+    out["bmi"] = bmi
+    out["smoker"] = pd.Series(np.where(rng.random(n) < 0.10, None, smoker), dtype=object)
+    return out
 
 
 def _site(site) -> SiteProfile:

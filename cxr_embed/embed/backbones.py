@@ -417,6 +417,99 @@ class Backbone(ComputeMixin):
         self.spec = None
         return self
 
+    # -- from a recorded configuration ----------------------------------------------------
+    @classmethod
+    def from_config(
+        cls,
+        config: dict,
+        *,
+        cache_dir: str | os.PathLike | None = None,
+        precision: str = "auto",
+        distribute: Any = "auto",
+        check_fingerprint: bool = True,
+    ) -> "Backbone":
+        """Rebuild a Backbone from its :attr:`config` (as recorded in an embedding store).
+
+        The weights are loaded again from where the config says they live: a registry
+        name with ``"imagenet"`` weights (Keras' cache, or the converted EfficientNet-Lite
+        weights in ``cache_dir``), a weights file, or a ``.keras`` model file (recorded as
+        an absolute path, so the file must exist at that path here). Then, when the config
+        records a ``fingerprint``, the rebuilt backbone's fingerprint -- which hashes the
+        weights' content -- must equal it.
+
+        Parameters
+        ----------
+        config : dict
+            :attr:`config` of the backbone to rebuild (``name``, ``source``, ``weights``,
+            ``layer``, ``pooling``, ``input_size``, ``preprocess``, ``preprocessing``).
+        cache_dir : str or Path, optional
+            As for :class:`Backbone` (where converted EfficientNet-Lite weights are cached).
+        precision, distribute
+            As for :class:`Backbone` (how the rebuilt backbone computes; not part of the config).
+        check_fingerprint : bool, default True
+            Compare with ``config["fingerprint"]`` when present.
+
+        Returns
+        -------
+        Backbone
+
+        Raises
+        ------
+        BackboneError
+            The config is not a Backbone config, or describes something that cannot be
+            rebuilt identically: an in-memory Keras model or random weights (``weights=None``).
+        WeightsError
+            The recorded weights or model file is missing or unreadable here.
+        FingerprintMismatchError
+            The weights found here differ from those the config was made with.
+
+        Examples
+        --------
+        >>> import keras
+        >>> inp = keras.Input((32, 32, 3))
+        >>> x = keras.layers.Conv2D(4, 3, name="conv")(inp)
+        >>> bb = Backbone.from_keras(keras.Model(inp, x))
+        >>> Backbone.from_config(bb.config)
+        Traceback (most recent call last):
+        ...
+        cxr_embed.exceptions.BackboneError: the backbone 'functional...' was built from an in-memory Keras model, which cannot be rebuilt from its config; fix: save it (model.save('model.keras')) and use Backbone.from_keras('model.keras')
+        """
+        from ..exceptions import FingerprintMismatchError
+
+        if not isinstance(config, dict) or config.get("format") != "cxr_embed.backbone":
+            got = config.get("format") if isinstance(config, dict) else type(config).__name__
+            raise BackboneError(f"expected a Backbone.config dict (format 'cxr_embed.backbone'), got {got!r}")
+        name = config.get("name")
+        layer = config.get("layer")
+        if isinstance(layer, list) and len(layer) == 1:
+            layer = layer[0]
+        common = dict(
+            layer=layer, pooling=config.get("pooling", "avg"),
+            input_size=tuple(config["input_size"]) if config.get("input_size") else None,
+            resize=(config.get("preprocessing") or {}).get("mode", "pad"), precision=precision, distribute=distribute,
+        )
+        weights = config.get("weights")
+        if config.get("source") == "keras_model":
+            if weights in (None, "in-memory"):
+                raise BackboneError(
+                    f"the backbone {name!r} was built from an in-memory Keras model, which cannot be rebuilt from its "
+                    "config; fix: save it (model.save('model.keras')) and use Backbone.from_keras('model.keras')")
+            bb = cls.from_keras(weights, preprocess=config.get("preprocess", "none"), name=name, **common)
+        else:
+            if weights is None:
+                raise BackboneError(
+                    f"the backbone {name!r} has random weights (weights=None), which cannot be rebuilt identically "
+                    "elsewhere; fix: save them (backbone.model.save('model.keras')) and use Backbone.from_keras")
+            bb = cls(name, weights=weights, cache_dir=cache_dir, **common)
+        want = config.get("fingerprint")
+        if check_fingerprint and want and bb.fingerprint != want:
+            raise FingerprintMismatchError(
+                f"the backbone {name!r} rebuilt from its config has fingerprint {bb.fingerprint[:16]}... but the config "
+                f"records {str(want)[:16]}...: the weights here ({weights!r}) differ from those it was made with; fix: "
+                "make the same weights or model file available at that path (same bytes), or use the config of "
+                "the weights you have")
+        return bb
+
     # -- description ---------------------------------------------------------------------
     @property
     def config(self) -> dict:

@@ -26,7 +26,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..exceptions import ImageReadError, ManifestError
+from ..exceptions import ImageReadError, ManifestError, MissingDependencyError
+from ..io.dicom import DEFAULT_MAX_PIXELS, _check_max_pixels
+
 from .store import EmbeddingStore
 
 __all__ = ["extract", "ExtractionReport", "default_workers"]
@@ -34,6 +36,9 @@ __all__ = ["extract", "ExtractionReport", "default_workers"]
 logger = logging.getLogger(__name__)
 
 _RESIZE_MODES = ("pad", "resize", "crop")
+ENGINES = ("local", "ray")
+_NONFINITE_REASON = ("NonFiniteEmbedding: the backbone returned non-finite values (NaN/inf) for this image; "
+                     "it was not stored")
 
 
 @dataclass
@@ -47,7 +52,7 @@ class ExtractionReport:
     n_cached : int
         Images skipped because the store already held them.
     n_failed : int
-        Images that could not be read or prepared (absent from the store).
+        Images that could not be read, prepared or embedded (absent from the store).
     failures : list of (image_id, path, reason)
     seconds : float
         Wall time of the run.
@@ -127,36 +132,54 @@ def _as_items(manifest_or_paths) -> tuple[list[str], list[str]]:
 
 
 # ---------------------------------------------------------------- workers
-def _decode_chunk(items: list[tuple[int, str]], prepare) -> list[tuple[int, Any, str | None]]:
-    """Read and prepare each (index, path); return (index, array or None, failure reason)."""
+def _decode_chunk(items: list[tuple[int, str]], prepare,
+                  max_pixels=DEFAULT_MAX_PIXELS) -> list[tuple[int, Any, str | None]]:
+    """Read and prepare each (index, path); return (index, array or None, failure reason).
+
+    Any exception while reading or preparing one image (a named ``ImageReadError``, or anything a
+    decoder or a custom ``prepare`` raises, ``MemoryError`` included) fails that image only. A
+    missing dependency fails every image alike, so it stops the run instead.
+    """
     from ..io.images import read_image
 
     out = []
     for idx, path in items:
         try:
-            image, _ = read_image(path)
-            out.append((idx, prepare(image), None))
-        except (ImageReadError, ValueError, OSError) as e:
+            image, _ = read_image(path, max_pixels=max_pixels)
+            arr = prepare(image)
+            if not np.isfinite(arr).all():
+                raise ValueError("the prepared image has non-finite values (NaN/inf) after prepare; "
+                                 "fix: check the backbone's prepare function")
+            out.append((idx, arr, None))
+        except ImageReadError as e:  # the named reading errors: the message starts with the path
+            out.append((idx, None, _reason(e)))
+        except MissingDependencyError:
+            raise
+        except BaseException as e:  # noqa: BLE001 - anything else one image causes (even a native decoder's
+            if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):  # panic) is reported, never fatal
+                raise
             out.append((idx, None, _reason(e)))
     return out
 
 
-def _read_and_prepare(items: list[tuple[int, str]], size, mode) -> list[tuple[int, Any, str | None]]:
+def _read_and_prepare(items: list[tuple[int, str]], size, mode,
+                      max_pixels=DEFAULT_MAX_PIXELS) -> list[tuple[int, Any, str | None]]:
     """Process-pool task: decode and prepare a chunk with the library's ``prepare_image``."""
     from ..io.preprocessing import prepare_image
 
     # the three channels are copies: ship one (a third of the bytes through the pipe)
-    return _decode_chunk(items, lambda image: np.ascontiguousarray(prepare_image(image, size, mode=mode)[:, :, 0]))
+    return _decode_chunk(items, lambda image: np.ascontiguousarray(prepare_image(image, size, mode=mode)[:, :, 0]),
+                         max_pixels)
 
 
 def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _local_task(backbone):
+def _local_task(backbone, max_pixels=DEFAULT_MAX_PIXELS):
     """In-process / thread task: decode and prepare a chunk with ``backbone.prepare``."""
     def task(items):
-        return _decode_chunk(items, lambda image: np.asarray(backbone.prepare(image), dtype=np.float32))
+        return _decode_chunk(items, lambda image: np.asarray(backbone.prepare(image), dtype=np.float32), max_pixels)
 
     return task
 
@@ -197,22 +220,48 @@ def _pool_starts(ex: ProcessPoolExecutor, size, mode) -> bool:
         return False
 
 
-def _make_executor(kind: str, workers: int, backbone):
+_CRASH_REASON = ("WorkerCrashError: the decoding worker process died while reading this file (a segmentation fault "
+                 "or an out-of-memory kill inside a native decoder); it was skipped and the run went on. Fix: look at "
+                 "the file with `cxr-embed info FILE` (it decodes in that process, which may crash too), then "
+                 "re-export or remove it")
+
+
+class _ProcessPool:
+    """Spawned decoding workers that can be replaced when one dies.
+
+    Calling it submits a chunk (a future of ``_read_and_prepare``); :meth:`respawn` replaces a pool
+    broken by a worker's death (``BrokenProcessPool``), so that :func:`_stream` can find the file
+    that killed it and go on.
+    """
+
+    def __init__(self, workers: int, ctx, args: tuple):
+        self._workers, self._ctx, self._args = workers, ctx, args
+        self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+    def __call__(self, items):
+        return self.executor.submit(_read_and_prepare, items, *self._args)
+
+    def respawn(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor = ProcessPoolExecutor(max_workers=self._workers, mp_context=self._ctx)
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        self.executor.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+def _make_executor(kind: str, workers: int, backbone, max_pixels=DEFAULT_MAX_PIXELS):
     """(executor or None, task callable taking a list of (index, path))."""
     if workers == 0:
-        return None, _local_task(backbone)
+        return None, _local_task(backbone, max_pixels)
     if kind == "process" or (kind == "auto" and workers > 1):
         spec = _picklable_prepare(backbone)
         if spec is not None:
             ctx = multiprocessing.get_context("spawn")  # never fork a process that runs TensorFlow
-            ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
             size, mode = spec
-            if _pool_starts(ex, size, mode):
-
-                def task(items, _ex=ex):
-                    return _ex.submit(_read_and_prepare, items, size, mode)
-
-                return ex, task
+            pool = _ProcessPool(workers, ctx, (size, mode, max_pixels))
+            if _pool_starts(pool.executor, size, mode):
+                return pool, pool
+            ex = pool.executor
             ex.shutdown(wait=False, cancel_futures=True)
             if kind == "process":
                 raise RuntimeError(
@@ -235,7 +284,7 @@ def _make_executor(kind: str, workers: int, backbone):
             )
         logger.info("backbone.prepare is custom: decoding in %d threads instead of processes", workers)
     ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxr_embed-decode")
-    local = _local_task(backbone)
+    local = _local_task(backbone, max_pixels)
 
     def task(items, _ex=ex):
         return _ex.submit(local, items)
@@ -243,8 +292,13 @@ def _make_executor(kind: str, workers: int, backbone):
     return ex, task
 
 
-def _stream(items: list[tuple[int, str]], executor: Executor | None, task, chunk: int, window: int) -> Iterator:
-    """Yield (index, array or None, reason) in input order, at most ``window`` chunks in flight."""
+def _stream(items: list[tuple[int, str]], executor: Any, task, chunk: int, window: int) -> Iterator:
+    """Yield (index, array or None, reason) in input order, at most ``window`` chunks in flight.
+
+    When a worker process dies (``BrokenProcessPool``), the chunks in flight are decoded again one
+    file at a time in fresh pools: the file that kills its worker again is reported as a failure, the
+    others are decoded, and the run goes on.
+    """
     chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
     if executor is None:
         for c in chunks:
@@ -252,19 +306,47 @@ def _stream(items: list[tuple[int, str]], executor: Executor | None, task, chunk
         return
     pending: collections.deque = collections.deque()
     it = iter(chunks)
-    for c in it:
-        pending.append(task(c))
-        if len(pending) >= window:
-            break
+
+    def fill():
+        while len(pending) < window:
+            c = next(it, None)
+            if c is None:
+                return
+            try:
+                pending.append((c, task(c)))
+            except BrokenProcessPool:  # the pool broke since the last result: redo from here
+                pending.append((c, None))
+
+    fill()
     while pending:
-        fut = pending.popleft()
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append(task(nxt))
-        for idx, arr, reason in fut.result():
+        c, fut = pending.popleft()
+        try:
+            if fut is None:
+                raise BrokenProcessPool("the pool was already broken")
+            results = fut.result()
+        except BrokenProcessPool:
+            if not hasattr(task, "respawn"):
+                raise
+            redo = [c, *(pc for pc, _ in pending)]
+            pending.clear()
+            results = list(_isolate([item for ch in redo for item in ch], task))
+        fill()
+        for idx, arr, reason in results:
             if arr is not None and arr.ndim == 2:  # one channel from a worker process: back to (h, w, 3)
                 arr = np.repeat(arr[:, :, None], 3, axis=2)
             yield idx, arr, reason
+
+
+def _isolate(items: list[tuple[int, str]], task) -> Iterator:
+    """Decode ``items`` one per task in a fresh pool; a file whose worker dies again is a failure."""
+    task.respawn()
+    for item in items:
+        try:
+            yield from task([item]).result()
+        except BrokenProcessPool:
+            logger.warning("decoding %s killed its worker process; skipped", item[1])
+            yield item[0], None, _CRASH_REASON
+            task.respawn()
 
 
 def _accepts_batch_size(fn) -> bool:
@@ -302,6 +384,10 @@ def extract(
     dtype: str | None = None,
     executor: str = "auto",
     prefetch: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_options: dict | None = None,
 ) -> ExtractionReport:
     """Embed every image not yet in the store, in batches, committing each batch as it finishes.
 
@@ -333,6 +419,26 @@ def extract(
     prefetch : int, optional
         Chunks of ``min(batch_size, 8)`` images decoded ahead; default ``2 * workers + 2``.
         Bounds memory whatever the dataset size.
+    max_pixels : int or None, default 100_000_000
+        Pixel budget of each image (see :func:`cxr_embed.read_image`), checked from the header
+        before decoding; larger images are failures (``ImageTooLargeError``). ``None``: no limit.
+    engine : {"local", "ray"}
+        ``"local"``: the workers above, in this process. ``"ray"``: a Ray Data pipeline
+        (:mod:`cxr_embed.embed.distributed`): decoding tasks on the cluster's CPUs, the backbone
+        rebuilt from its config in one actor per GPU (CPU actors without GPUs), its fingerprint
+        checked on each worker before any image is embedded; this process stays the only
+        writer of the store, and the embeddings are bit-identical to ``"local"`` on the same
+        machine. ``workers`` then bounds the decoding tasks at once (``None``: as many as the
+        cluster's CPUs allow); ``executor`` and ``prefetch`` are not used. Needs
+        ``pip install "cxr_embed[ray]"``.
+    ray_address : str, optional
+        With ``engine="ray"``: the cluster to connect to (``"auto"``, ``"HOST:6379"``);
+        ``None`` reuses this process's Ray session or starts a local one sized to this
+        machine. A session that ``extract`` started or connected is shut down at the end.
+    ray_options : dict, optional
+        With ``engine="ray"``: ``actors``, ``actor_cpus``, ``actor_memory``, ``decode_cpus``,
+        ``block_rows``, ``commit_rows``, ``init`` (``ray.init`` arguments), ``runtime_env`` (see
+        :data:`cxr_embed.embed.distributed.RAY_OPTIONS`).
 
     Returns
     -------
@@ -345,12 +451,18 @@ def extract(
     StoreLockedError
         Another writer holds the store.
     FingerprintMismatchError
-        The store's group for this backbone was written with another configuration.
+        The store's group for this backbone was written with another configuration, or
+        (``engine="ray"``) a worker's weights differ from this process's.
+    MissingDependencyError
+        ``engine="ray"`` without Ray installed.
 
     Notes
     -----
-    Unreadable images are reported in ``failures`` and never stored (no zero rows); they are
-    retried by the next run. Padding each forward pass to ``batch_size`` rows makes the bits of an
+    Any exception while reading or preparing one image, a prepared image that is not finite or
+    not of the backbone's input shape, and an embedding row with NaN/inf fail that image only:
+    it is reported in ``failures`` (id, path, ``"ExceptionClass: message"``), never stored (no
+    zero rows), and retried by the next run. Errors about the run itself (store, backbone
+    forward pass, disk, a missing dependency) stop it. Padding each forward pass to ``batch_size`` rows makes the bits of an
     image's embedding independent of the number of images left, so a resumed run matches an
     uninterrupted one (oneDNN/cuDNN may choose different kernels for different batch shapes).
 
@@ -367,10 +479,20 @@ def extract(
     batch_size = int(batch_size)
     if executor not in ("auto", "process", "thread"):
         raise ValueError(f"executor must be 'auto', 'process' or 'thread', got {executor!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    max_pixels = _check_max_pixels(max_pixels)
     n_workers = default_workers() if workers is None else int(workers)
     if n_workers < 0:
         raise ValueError(f"workers must be >= 0 or None, got {workers}")
     ids, paths = _as_items(manifest_or_paths)
+    if engine == "local" and (ray_address is not None or ray_options):
+        raise ValueError("ray_address and ray_options are options of engine='ray'; fix: pass engine='ray' or drop them")
+    ray_plan = None
+    if engine == "ray":  # everything checkable is checked before the store is opened
+        from .distributed import plan_ray_extraction
+
+        ray_plan = plan_ray_extraction(backbone, workers=workers, address=ray_address, options=ray_options)
     store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store, mode="a")
     report = ExtractionReport(store_path=str(store.path), fingerprint=str(backbone.fingerprint))
     t0 = time.perf_counter()
@@ -378,11 +500,18 @@ def extract(
         todo = [(i, p) for i, p in enumerate(paths) if ids[i] not in w.existing]
         report.n_cached = len(ids) - len(todo)
         logger.info(
-            "extracting %d images with %s (%d already in %s), batch %d, %d workers",
-            len(todo), getattr(backbone, "name", "backbone"), report.n_cached, store.path, batch_size, n_workers,
+            "extracting %d images with %s (%d already in %s), batch %d, %s workers, engine %s",
+            len(todo), getattr(backbone, "name", "backbone"), report.n_cached, store.path, batch_size,
+            workers if engine == "ray" else n_workers, engine,
         )
-        if todo:
-            _run(todo, ids, paths, backbone, w, report, batch_size, n_workers, executor, prefetch, progress)
+        if todo and ray_plan is not None:
+            from .distributed import run_ray_extraction
+
+            run_ray_extraction(ray_plan, todo, ids, paths, w, report, batch_size=batch_size, progress=progress,
+                               max_pixels=max_pixels)
+        elif todo:
+            _run(todo, ids, paths, backbone, w, report, batch_size, n_workers, executor, prefetch, progress,
+                 max_pixels)
     report.seconds = time.perf_counter() - t0
     report.images_per_second = report.n_done / report.seconds if report.n_done and report.seconds > 0 else 0.0
     report.n_failed = len(report.failures)
@@ -392,35 +521,49 @@ def extract(
     return report
 
 
-def _run(todo, ids, paths, backbone, w, report, batch_size, n_workers, executor, prefetch, progress):
+def _run(todo, ids, paths, backbone, w, report, batch_size, n_workers, executor, prefetch, progress,
+         max_pixels=DEFAULT_MAX_PIXELS):
     from tqdm.auto import tqdm
 
     chunk = max(1, min(batch_size, 8))
     window = int(prefetch) if prefetch else 2 * n_workers + 2
-    pool, task = _make_executor(executor, n_workers, backbone)
+    pool, task = _make_executor(executor, n_workers, backbone, max_pixels)
     bar = tqdm(total=len(todo), disable=not progress, unit="img", desc=f"embedding ({getattr(backbone, 'name', '')})")
-    batch_ids: list[str] = []
+    expected = (*(int(s) for s in backbone.input_size), 3)
+    batch_idx: list[int] = []
     batch_x: list[np.ndarray] = []
 
     def flush():
         X = _embed_fixed(backbone, batch_x, batch_size)
-        w.append(batch_ids, X)
-        report.n_done += len(batch_ids)
-        bar.update(len(batch_ids))
-        batch_ids.clear()
+        finite = np.isfinite(X).all(axis=1)
+        for i in np.flatnonzero(~finite):  # a NaN row is never stored (it would poison every classifier)
+            idx = batch_idx[i]
+            report.failures.append((ids[idx], paths[idx], _NONFINITE_REASON))
+        keep = [ids[idx] for idx in batch_idx]
+        if not finite.all():
+            keep = [k for k, ok in zip(keep, finite, strict=True) if ok]
+            X = X[finite]
+        if keep:
+            w.append(keep, X)
+        report.n_done += len(keep)
+        bar.update(len(batch_idx))
+        batch_idx.clear()
         batch_x.clear()
 
     try:
         for idx, arr, reason in _stream(todo, pool, task, chunk, window):
+            if arr is not None and arr.shape != expected:
+                arr, reason = None, (f"ValueError: the prepared image has shape {arr.shape}, the backbone "
+                                     f"expects {expected}; fix: check the backbone's prepare function")
             if arr is None:
                 report.failures.append((ids[idx], paths[idx], reason))
                 bar.update(1)
                 continue
-            batch_ids.append(ids[idx])
+            batch_idx.append(idx)
             batch_x.append(arr)
-            if len(batch_ids) == batch_size:
+            if len(batch_idx) == batch_size:
                 flush()
-        if batch_ids:
+        if batch_idx:
             flush()
     finally:
         bar.close()

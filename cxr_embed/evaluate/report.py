@@ -1,199 +1,351 @@
-"""ROC and calibration plots (PNG) and one self-contained HTML report per run.
+"""One self-contained HTML report per run: a summary first, then figures, tables and images.
 
-Plots are drawn on :class:`matplotlib.figure.Figure` objects with an explicit
-``FigureCanvasAgg``: no pyplot, no global backend switch, nothing happens on import,
-and it works on headless machines. The HTML file embeds its images as base64 data URIs and
-has no external references, so it can be mailed or archived as one file; the PNGs and a
-``metrics.json`` (see :func:`cxr_embed.evaluate.metrics.metrics_to_json`) are written beside it.
+:class:`Report` assembles the page from sections: a summary box, figures (embedded as
+compressed images: plots as palette PNGs, photographs such as saliency overlays as JPEGs,
+both sized for the page), tables formatted for people (:mod:`cxr_embed.evaluate.formatting`;
+long ones folded with their CSV attached) and image grids with captions. Every text is
+HTML-escaped; the page has no external reference (no script, no remote font or image), so it
+can be mailed or archived as one file and read offline. :func:`write_report` writes the page
+of one model's evaluation; :meth:`cxr_embed.transfer.compare.ComparisonResult.write_report`
+that of a comparison. The same fragments render in Jupyter (:func:`fragment_html`).
+
+The figures themselves live in :mod:`cxr_embed.evaluate.figures` (re-exported here:
+:func:`plot_roc`, :func:`plot_calibration`, :func:`plot_forest`).
 """
 from __future__ import annotations
 
 import base64
 import datetime as _dt
 import html
+import io
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from .figures import color_map, plot_calibration, plot_forest, plot_roc
+from .formatting import FormattedTable, format_metrics_table
 from .metrics import metrics_to_json
 
-if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.figure import Figure
-
-__all__ = ["plot_roc", "plot_calibration", "write_report"]
+__all__ = ["Report", "write_report", "fragment_html", "image_data_uri", "check_image", "plot_roc", "plot_calibration",
+           "plot_forest"]
 
 logger = logging.getLogger(__name__)
 
-
-def _figure(figsize=(5.0, 5.0)):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _columns(y_true, y_score, labels) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(label, y, score) per label with missing labels dropped."""
-    Y = np.asarray(y_true.to_numpy() if hasattr(y_true, "to_numpy") else y_true, dtype=float)
-    S = np.asarray(y_score.to_numpy() if hasattr(y_score, "to_numpy") else y_score, dtype=float)
-    if Y.ndim == 1:
-        Y, S = Y[:, None], S.reshape(-1, 1)
-    if Y.shape != S.shape:
-        raise ValueError(f"y_true has shape {Y.shape} but y_score has {S.shape}; they must match.")
-    if labels is None:
-        labels = [str(c) for c in y_true.columns] if hasattr(y_true, "columns") else (
-            ["y"] if Y.shape[1] == 1 else [f"label_{j}" for j in range(Y.shape[1])])
-    if len(labels) != Y.shape[1]:
-        raise ValueError(f"{len(labels)} label names for {Y.shape[1]} label columns.")
-    out = []
-    for j, name in enumerate(labels):
-        keep = np.isfinite(Y[:, j])
-        out.append((str(name), Y[keep, j].astype(int), S[keep, j]))
-    return out
-
-
-def _save(fig, path) -> None:
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", bbox_inches="tight")
-        logger.info("wrote %s", path)
-
-
-def plot_roc(y_true: ArrayLike, y_score: ArrayLike, *, labels: Sequence[str] | None = None,
-             path: str | os.PathLike | None = None, title: str = "ROC curves") -> "Figure":
-    """ROC curve of every label on one axes, AUC in the legend.
-
-    Parameters
-    ----------
-    y_true : array-like of shape (n_images,) or (n_images, n_labels)
-        0/1 with NaN for missing labels (dropped per label).
-    y_score : array-like, same shape
-    labels : list of str, optional
-    path : str or Path, optional
-        Where to save the PNG.
-    title : str
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-
-    Examples
-    --------
-    >>> fig = plot_roc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
-    >>> fig.axes[0].get_xlabel()
-    'False positive rate (1 - specificity)'
-    """
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    fig = _figure()
-    ax = fig.add_subplot(1, 1, 1)
-    ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance")
-    for name, y, s in _columns(y_true, y_score, labels):
-        if y.size == 0 or y.min() == y.max():
-            logger.warning("plot_roc: label %r has a single class; no curve drawn", name)
-            continue
-        fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, linewidth=1.5, label=f"{name} (AUC {roc_auc_score(y, s):.3f})")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_aspect("equal")
-    ax.set_xlabel("False positive rate (1 - specificity)")
-    ax.set_ylabel("True positive rate (sensitivity)")
-    ax.set_title(title)
-    ax.legend(loc="lower right", fontsize="small")
-    _save(fig, path)
-    return fig
-
-
-def plot_calibration(y_true: ArrayLike, y_prob: ArrayLike, *, labels: Sequence[str] | None = None, n_bins: int = 10,
-                     path: str | os.PathLike | None = None, title: str = "Calibration") -> "Figure":
-    """Reliability curve of every label (equal-width bins), with the diagonal.
-
-    Parameters
-    ----------
-    y_true : array-like of shape (n_images,) or (n_images, n_labels)
-    y_prob : array-like, same shape; probabilities in [0, 1]
-    labels : list of str, optional
-    n_bins : int, default=10
-    path : str or Path, optional
-    title : str
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-
-    Examples
-    --------
-    >>> fig = plot_calibration([0, 0, 1, 1], [0.1, 0.3, 0.7, 0.9], n_bins=2)
-    >>> fig.axes[0].get_ylabel()
-    'Observed fraction of positives'
-    """
-    from .metrics import expected_calibration_error, reliability_curve
-
-    fig = _figure()
-    ax = fig.add_subplot(1, 1, 1)
-    ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="perfect")
-    for name, y, p in _columns(y_true, y_prob, labels):
-        if y.size == 0:
-            continue
-        curve = reliability_curve(y, p, n_bins=n_bins)
-        ece = expected_calibration_error(y, p, n_bins=n_bins)
-        ax.plot(curve["prob_pred"], curve["prob_true"], marker="o", markersize=3, linewidth=1.5,
-                label=f"{name} (ECE {ece:.3f})")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_aspect("equal")
-    ax.set_xlabel("Mean predicted probability")
-    ax.set_ylabel("Observed fraction of positives")
-    ax.set_title(title)
-    ax.legend(loc="upper left", fontsize="small")
-    _save(fig, path)
-    return fig
-
+#: Widest image of the page, in CSS pixels (the page is at most 1100 px wide).
+PAGE_WIDTH = 1060
+#: Photographs (saliency overlays) are shown in a grid; they are stored at most this wide.
+PHOTO_WIDTH = 360
+_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
-th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}th{background:#f3f3f3}
-td:first-child,th:first-child{text-align:left}
-figure{display:inline-block;margin:.5em 1em .5em 0}figcaption{font-size:.85em;color:#555}
-img{max-width:480px}.meta{color:#666;font-size:.85em}.notes p{margin:.3em 0}
+body{margin:1em auto;max-width:1100px;padding:0 1em;background:#fff}
+.cxr{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;color:#222;line-height:1.4}
+.cxr h1{font-size:1.5em;margin:.3em 0 .1em}
+.cxr h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.15em;margin:1.3em 0 .4em}
+.cxr h3{font-size:1em;margin:1em 0 .3em}
+.cxr .summary{background:#f2f7fb;border-left:4px solid #0072B2;padding:.4em 1em;margin:.5em 0}
+.cxr .summary p{margin:.3em 0}
+.cxr table{border-collapse:collapse;font-size:.85em;margin:.3em 0;font-variant-numeric:tabular-nums}
+.cxr th,.cxr td{border-bottom:1px solid #e4e4e4;padding:.2em .6em;text-align:left;vertical-align:top}
+.cxr th{background:#f3f3f3;font-weight:600}
+.cxr .num{text-align:right;white-space:nowrap}
+.cxr .tbl{margin:.5em 0 .9em}
+.cxr .caption{font-weight:600;margin:.2em 0}
+.cxr details summary{cursor:pointer;color:#005a9c;margin:.3em 0}
+.cxr figure{margin:.3em 0;display:inline-block;vertical-align:top}
+.cxr figcaption{font-size:.85em;color:#555;max-width:100%}
+.cxr img{max-width:100%;height:auto;display:block}
+.cxr .row{display:flex;flex-wrap:wrap;gap:1.2em;align-items:flex-start}
+.cxr .row figure{flex:1 1 420px;max-width:520px}
+.cxr .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:.8em}
+.cxr .grid figure{margin:0}
+.cxr .meta{color:#666;font-size:.85em}
+.cxr .notes p{margin:.3em 0}
 """
 
 
-def _table_html(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, border=0, na_rep="", float_format=lambda v: f"{v:.4f}", escape=True)
+# --------------------------------------------------------------------------- images
+def _close(fig) -> None:
+    """Drop the figure's canvas references (figures made here never touch pyplot's registry)."""
+    fig.clf()
 
 
-def _img_html(png: Path, caption: str) -> str:
-    suffix = Path(png).suffix.lower()
-    mime = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}.get(suffix)
-    if mime is None:
-        raise ValueError(f"{png}: report images must be PNG, JPEG or GIF; got suffix {suffix!r}.")
-    data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
-    cap = html.escape(caption)
-    return (f'<figure><img alt="{cap}" src="data:{mime};base64,{data}">'
-            f"<figcaption>{cap}</figcaption></figure>")
+def _plot_bytes(image: bytes) -> tuple[bytes, str]:
+    """A plot as a palette PNG (lines and text need few colours)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(image)) as im:
+        rgb = im.convert("RGB")
+        if rgb.width > PAGE_WIDTH * 1.25:
+            rgb = rgb.resize((int(PAGE_WIDTH * 1.25), round(rgb.height * PAGE_WIDTH * 1.25 / rgb.width)),
+                             Image.Resampling.LANCZOS)
+        pal = rgb.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+        colours = pal.getpalette() or []
+        # the octree rounds white to 254: keep the background the page's white
+        pal.putpalette([255 if min(colours[i - i % 3:i - i % 3 + 3]) >= 250 else v for i, v in enumerate(colours)])
+        out = io.BytesIO()
+        pal.save(out, format="PNG", optimize=True)
+    return out.getvalue(), "image/png"
 
 
-def _auc_summary(metrics: pd.DataFrame) -> pd.DataFrame | None:
-    need = {"label", "metric", "subgroup", "value"}
-    if not need.issubset(metrics.columns):
-        return None
-    auc = metrics[(metrics["metric"] == "auc") & (metrics["subgroup"] == "all")]
-    if auc.empty:
-        return None
-    cols = [c for c in ("label", "value", "ci_low", "ci_high", "n", "n_pos", "n_groups") if c in auc]
-    return auc[cols].rename(columns={"value": "auc"})
+def _photo_bytes(image: bytes, width: int = PHOTO_WIDTH) -> tuple[bytes, str]:
+    """A photograph (an overlay on a radiograph) as a JPEG at most ``width`` pixels wide."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(image)) as im:
+        rgb = im.convert("RGB")
+        if rgb.width > width:
+            rgb = rgb.resize((width, max(1, round(rgb.height * width / rgb.width))), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        rgb.save(out, format="JPEG", quality=82, optimize=True, progressive=True)
+    return out.getvalue(), "image/jpeg"
+
+
+def check_image(path: str | os.PathLike) -> Path:
+    """The path of an image the report can embed, or an error saying what is wrong with it.
+
+    Parameters
+    ----------
+    path : str or Path
+        A regular PNG, JPEG or GIF file of at most 50 MB.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    FileNotFoundError
+        Missing, or not a regular file.
+    ValueError
+        Another suffix, or too large.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: image for the report does not exist (or is not a regular file); "
+                                "pass an existing PNG or JPEG path.")
+    if p.suffix.lower() not in (".png", ".jpg", ".jpeg", ".gif"):
+        raise ValueError(f"{p}: report images must be PNG, JPEG or GIF; got suffix {p.suffix!r}.")
+    if p.stat().st_size > _MAX_IMAGE_BYTES:
+        raise ValueError(f"{p}: {p.stat().st_size} bytes is too large for a report image "
+                         f"(limit {_MAX_IMAGE_BYTES}); save it smaller.")
+    return p
+
+
+def _read_image(path) -> bytes:
+    return check_image(path).read_bytes()
+
+
+def _figure_bytes(fig, dpi: int | None = None) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi or fig.dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def image_data_uri(image: Any, *, kind: str = "plot") -> str:
+    """A ``data:`` URI of a figure or an image file, compressed and sized for the page.
+
+    Parameters
+    ----------
+    image : matplotlib.figure.Figure, str or Path
+        A figure, or a PNG/JPEG/GIF file.
+    kind : {"plot", "photo"}, default="plot"
+        ``"plot"``: a palette PNG at most 1.25 x the page width; ``"photo"``: a JPEG at most
+        :data:`PHOTO_WIDTH` pixels wide (saliency overlays, radiographs).
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> from cxr_embed.evaluate.figures import plot_roc
+    >>> image_data_uri(plot_roc([0, 1, 0, 1], [.2, .7, .4, .6])).startswith("data:image/png;base64,")
+    True
+    """
+    if kind not in ("plot", "photo"):
+        raise ValueError(f"kind must be 'plot' or 'photo', got {kind!r}")
+    raw = _figure_bytes(image) if hasattr(image, "savefig") else _read_image(image)
+    try:
+        data, mime = _plot_bytes(raw) if kind == "plot" else _photo_bytes(raw)
+    except OSError as e:  # PIL.UnidentifiedImageError is an OSError
+        raise ValueError(f"{image}: not a decodable image ({e}); pass a PNG or JPEG file.") from e
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _figure_html(image: Any, caption: str | None, *, kind: str = "plot", alt: str | None = None) -> str:
+    uri = image_data_uri(image, kind=kind)
+    cap = html.escape(caption) if caption else ""
+    alt_text = html.escape(alt if alt is not None else (caption or "figure"))
+    return (f'<figure><img alt="{alt_text}" src="{uri}">'
+            + (f"<figcaption>{cap}</figcaption>" if cap else "") + "</figure>")
+
+
+def fragment_html(parts: Sequence[str]) -> str:
+    """HTML fragments wrapped for Jupyter: the report's style, scoped to a ``.cxr`` element.
+
+    Parameters
+    ----------
+    parts : list of str
+        Trusted HTML built by this package (already escaped).
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> fragment_html(["<p>x</p>"]).startswith('<div class="cxr"><style>')
+    True
+    """
+    css = _CSS.replace("body{", ".cxr-page{")  # never restyle the notebook's body
+    return f'<div class="cxr"><style>{css}</style>' + "".join(parts) + "</div>"
+
+
+# --------------------------------------------------------------------------- page
+class Report:
+    """An HTML report, built section by section and written as one self-contained file.
+
+    Parameters
+    ----------
+    title : str
+        Page title and heading.
+    subtitle : str, optional
+        A line under the heading (default: the library version and the time, UTC).
+
+    Examples
+    --------
+    >>> import tempfile, pandas as pd
+    >>> page = Report("demo <1>")
+    >>> page.add_summary(["Model A is best."])
+    >>> page.add_section("Tables")
+    >>> page.add_table(pd.DataFrame({"auc": [0.91234]}), caption="AUC")
+    >>> path = page.write(tempfile.mkdtemp())
+    >>> text = path.read_text()
+    >>> "demo &lt;1&gt;" in text and "0.912" in text
+    True
+    """
+
+    def __init__(self, title: str, *, subtitle: str | None = None):
+        from .._version import __version__
+
+        self.title = str(title)
+        if subtitle is None:
+            now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            subtitle = f"cxr_embed {__version__} · {now}"
+        self.parts: list[str] = [f"<h1>{html.escape(self.title)}</h1>", f'<p class="meta">{html.escape(subtitle)}</p>']
+
+    def add_summary(self, sentences: str | Sequence[str]) -> None:
+        """The answer first: a highlighted box of one paragraph per sentence."""
+        paras = [sentences] if isinstance(sentences, str) else list(sentences)
+        if paras:
+            self.parts.append('<div class="summary">' + "".join(f"<p>{html.escape(str(s))}</p>" for s in paras)
+                              + "</div>")
+
+    def add_section(self, heading: str, *, text: str | None = None) -> None:
+        """A new section heading (``<h2>``), with an optional line of text under it."""
+        self.parts.append(f"<h2>{html.escape(str(heading))}</h2>")
+        if text:
+            self.parts.append(f'<p class="meta">{html.escape(str(text))}</p>')
+
+    def add_subsection(self, heading: str) -> None:
+        """A heading inside a section (``<h3>``)."""
+        self.parts.append(f"<h3>{html.escape(str(heading))}</h3>")
+
+    def add_text(self, paragraphs: str | Sequence[str], *, css_class: str = "notes") -> None:
+        """Paragraphs of text (escaped)."""
+        paras = [paragraphs] if isinstance(paragraphs, str) else list(paragraphs)
+        self.parts.append(f'<div class="{html.escape(css_class)}">'
+                          + "".join(f"<p>{html.escape(str(p))}</p>" for p in paras) + "</div>")
+
+    def add_figure(self, figure: Any, caption: str | None = None, *, kind: str = "plot") -> None:
+        """One figure (a matplotlib ``Figure`` or an image path) across the page."""
+        self.parts.append(_figure_html(figure, caption, kind=kind))
+
+    def add_figures(self, figures: Sequence[tuple[Any, str]], *, kind: str = "plot") -> None:
+        """Figures side by side (e.g. ROC beside calibration), wrapping on narrow screens."""
+        self.parts.append('<div class="row">' + "".join(_figure_html(f, c, kind=kind) for f, c in figures) + "</div>")
+
+    def add_gallery(self, images: Mapping[str, Any]) -> None:
+        """Photographs (saliency overlays) in a grid, each with its caption; stored as small JPEGs."""
+        if images:
+            self.parts.append('<div class="grid">'
+                              + "".join(_figure_html(p, str(c), kind="photo") for c, p in images.items()) + "</div>")
+
+    def add_table(self, table: pd.DataFrame | FormattedTable, caption: str | None = None, *,
+                  max_rows: int = 12, csv_name: str | None = None) -> None:
+        """A table formatted for people (:func:`~cxr_embed.evaluate.formatting.format_table`), folded when long.
+
+        A :class:`~cxr_embed.evaluate.formatting.FormattedTable` is shown as it is (its own
+        caption unless ``caption`` is given).
+        """
+        if not isinstance(table, FormattedTable):
+            name = csv_name or (_slug(caption) + ".csv" if caption else "table.csv")
+            table = FormattedTable.from_frame(pd.DataFrame(table), caption=caption, max_rows=max_rows, csv_name=name)
+        elif caption is not None:
+            table = FormattedTable(table.frame, table.data, caption, table.max_rows, table.csv_name)
+        self.parts.append(table.to_html())
+
+    def add_html(self, fragment: str) -> None:
+        """Raw HTML built by this package's helpers (never user text: escape that first)."""
+        self.parts.append(fragment)
+
+    def add_evaluation(self, metrics: pd.DataFrame, *, heading: str = "ROC AUC", color: str | None = None,
+                       text: str | None = None) -> None:
+        """The evaluation of one model: a forest plot of its AUC per label first, then the AUC table."""
+        self.add_section(heading, text=text)
+        auc = metrics[(metrics["metric"] == "auc") & (metrics["subgroup"] == "all")] if len(metrics) else metrics
+        if auc["value"].notna().any():
+            fig = plot_forest(auc.rename(columns={"value": "auc"}), hue=None, panel=None, width=7.0, color=color)
+            self.add_figure(fig, "AUC per label with its confidence interval (dashed: chance)")
+            _close(fig)
+        unit, ci = metrics.attrs.get("bootstrap_unit"), metrics.attrs.get("ci")
+        if unit and ci:
+            self.add_text(f"{ci:.0%} CI by {unit}-level bootstrap ({metrics.attrs.get('n_bootstrap')} resamples).",
+                          css_class="meta")
+        self.add_table(format_metrics_table(metrics, auc_only=True))
+
+    def to_html(self, *, fragment: bool = False) -> str:
+        """The page (or, with ``fragment=True``, the body for Jupyter) as a string."""
+        if fragment:
+            return fragment_html(self.parts)
+        return "\n".join([
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head>",
+            '<body><div class="cxr">',
+            *self.parts,
+            "</div></body></html>",
+        ])
+
+    def _repr_html_(self) -> str:
+        return self.to_html(fragment=True)
+
+    def write(self, out: str | os.PathLike) -> Path:
+        """Write the page: ``out`` is a folder (receives ``index.html``) or an ``.html`` path.
+
+        Returns
+        -------
+        Path
+            The HTML file.
+        """
+        out = Path(out)
+        path = out if out.suffix.lower() in (".html", ".htm") else out / "index.html"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_html(), encoding="utf-8")
+        logger.info("wrote report %s (%d bytes)", path, path.stat().st_size)
+        return path
+
+
+def _slug(text: str) -> str:
+    s = "".join(c.lower() if c.isalnum() else "_" for c in str(text)).strip("_")
+    return "_".join(filter(None, s.split("_")))[:60] or "table"
 
 
 def write_report(
@@ -207,8 +359,13 @@ def write_report(
     tables: Mapping[str, pd.DataFrame] | None = None,
     images: Mapping[str, Any] | None = None,
     notes: str | Sequence[str] | None = None,
+    summary: str | Sequence[str] | None = None,
 ) -> Path:
-    """Write one self-contained HTML report with tables and plots.
+    """Write one self-contained HTML report of one model's evaluation.
+
+    The page reads top to bottom: the summary (when given); the AUC per label as a forest
+    plot, then as a table; the ROC and calibration plots side by side; further tables; images
+    in a grid with their captions; notes; and the full metrics table, folded.
 
     Parameters
     ----------
@@ -218,18 +375,21 @@ def write_report(
     title : str
         Report heading (HTML-escaped, like every text).
     metrics : DataFrame, optional
-        Tidy table from :func:`cxr_embed.evaluate.metrics.evaluate_predictions`; an AUC summary
-        is shown first, then the full table.
+        Tidy table from :func:`cxr_embed.evaluate.metrics.evaluate_predictions`.
     y_true, y_score : array-like of shape (n_images,) or (n_images, n_labels), optional
         Labels (NaN = missing) and probabilities for the ROC and calibration plots.
     labels : list of str, optional
         Label names for the plots.
     tables : dict of str -> DataFrame, optional
-        Further tables (e.g. a model comparison), shown under their names.
+        Further tables (e.g. a model comparison), shown under their names, formatted for
+        people (:func:`~cxr_embed.evaluate.formatting.format_table`); long ones fold.
     images : dict of str -> path, optional
-        Further PNG files (e.g. saliency overlays), embedded under their names.
+        Further images (e.g. saliency overlays): caption -> PNG/JPEG path, shown in a grid as
+        small JPEGs.
     notes : str or list of str, optional
         Free text paragraphs (e.g. data provenance, caveats).
+    summary : str or list of str, optional
+        Sentences shown first, in a box (the answer the reader came for).
 
     Returns
     -------
@@ -246,60 +406,48 @@ def write_report(
     >>> path.name
     'index.html'
     """
-    from .._version import __version__
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        f'<p class="meta">cxr_embed {html.escape(__version__)} &middot; '
-        f"{html.escape(_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))}</p>",
-    ]
-    if notes:
-        paras = [notes] if isinstance(notes, str) else list(notes)
-        parts.append('<h2>Notes</h2><div class="notes">')
-        parts += [f"<p>{html.escape(str(p))}</p>" for p in paras]
-        parts.append("</div>")
+    page = Report(title)
+    if summary:
+        page.add_summary(summary)
     if metrics is not None:
         metrics_to_json(metrics, out / "metrics.json")
-        summary = _auc_summary(metrics)
-        if summary is not None:
-            unit = metrics.attrs.get("bootstrap_unit")
-            ci = metrics.attrs.get("ci")
-            parts.append("<h2>ROC AUC</h2>")
-            if unit and ci:
-                parts.append(f'<p class="meta">{html.escape(f"{ci:.0%}")} CI by {html.escape(str(unit))}-level '
-                             f'bootstrap ({html.escape(str(metrics.attrs.get("n_bootstrap")))} resamples).</p>')
-            parts.append(_table_html(summary))
-    figures = []
+        if {"label", "metric", "subgroup", "value"}.issubset(metrics.columns) and \
+                ((metrics["metric"] == "auc") & (metrics["subgroup"] == "all")).any():
+            page.add_evaluation(metrics)
     if y_true is not None and y_score is not None:
-        plot_roc(y_true, y_score, labels=labels, path=out / "roc.png")
-        figures.append((out / "roc.png", "ROC curves"))
+        page.add_section("ROC and calibration")
+        names = _label_names(y_true, y_score, labels)
+        colors = color_map(names)
+        _close(plot_roc(y_true, y_score, labels=labels, path=out / "roc.png", colors=colors))
+        figs = [(out / "roc.png", "ROC curves")]
         S = np.asarray(y_score, dtype=float)
         if np.nanmin(S) >= 0 and np.nanmax(S) <= 1:
-            plot_calibration(y_true, y_score, labels=labels, path=out / "calibration.png")
-            figures.append((out / "calibration.png", "Calibration (reliability curve)"))
-    if figures:
-        parts.append("<h2>Plots</h2>")
-        parts += [_img_html(p, cap) for p, cap in figures]
+            _close(plot_calibration(y_true, y_score, labels=labels, path=out / "calibration.png", colors=colors))
+            figs.append((out / "calibration.png", "Calibration (reliability curve)"))
+        page.add_figures(figs)
     for name, df in (tables or {}).items():
-        parts.append(f"<h2>{html.escape(str(name))}</h2>")
-        parts.append(_table_html(pd.DataFrame(df)))
+        page.add_section(str(name))
+        page.add_table(df if isinstance(df, FormattedTable) else pd.DataFrame(df), csv_name=_slug(name) + ".csv")
     if images:
-        parts.append("<h2>Images</h2>")
-        for name, path in images.items():
-            p = Path(path)
-            if not p.is_file():
-                raise FileNotFoundError(f"{p}: image {name!r} for the report does not exist; pass an existing PNG path.")
-            parts.append(_img_html(p, str(name)))
+        for path in images.values():
+            check_image(path)  # a missing file fails before the page is written
+        page.add_section("Images")
+        page.add_gallery(images)
+    if notes:
+        page.add_section("Notes")
+        page.add_text(notes)
     if metrics is not None:
-        parts.append("<h2>All metrics</h2>")
-        parts.append(_table_html(metrics))
-    parts.append("</body></html>")
-    index = out / "index.html"
-    index.write_text("\n".join(parts), encoding="utf-8")
-    logger.info("wrote report %s", index)
-    return index
+        page.add_section("All metrics")
+        page.add_table(format_metrics_table(metrics, max_rows=0, caption="All metrics"))
+    return page.write(out)
+
+
+def _label_names(y_true, y_score, labels) -> list[str]:
+    if labels is not None:
+        return [str(x) for x in labels]
+    if hasattr(y_true, "columns"):
+        return [str(c) for c in y_true.columns]
+    n = np.asarray(y_score, dtype=float).reshape(len(y_score), -1).shape[1]
+    return ["y"] if n == 1 else [f"label_{j}" for j in range(n)]

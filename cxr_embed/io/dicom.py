@@ -14,53 +14,56 @@ radiologist's viewer would show it, whatever the vendor wrote:
 4. **MONOCHROME1** images (low values bright) inverted so that air is always dark.
 
 Only non-identifying header fields are returned. Patient identity leaves this module only as
-``patient_key``, a keyed one-way hash of *PatientID*; names, birth dates, accession numbers and
-raw identifiers are never returned or logged.
+``patient_key``, a keyed hash of *PatientID* (a pseudonym only with a secret salt, see
+:func:`patient_key`); names, birth dates, accession numbers and raw identifiers are never
+returned or logged.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
+import stat
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..exceptions import CxrEmbedError, ImageNotFoundError, ImageReadError, MultiFrameError, NoPixelDataError
+from ..exceptions import (ConstantImageError, CxrEmbedError, ImageDecodeError, ImageReadError, InvalidHeaderError,
+                          InvalidLUTError, MultiFrameError, NoPixelDataError, NonFiniteImageError)
+from ._display import _apply_modality, _apply_voi, _to_luminance
+from ._guards import (_NATIVE_SYNTAXES, _check_budget, _check_file, _check_max_pixels, _check_pixel_length,
+                      _deflated_header, _image_geometry, _int_or_none, _tag)
 
-__all__ = ["is_dicom", "read_dicom", "read_dicom_meta", "parse_age", "patient_key", "DEFAULT_SALT", "VOI_MODES"]
+__all__ = ["is_dicom", "read_dicom", "read_dicom_meta", "parse_age", "patient_key", "DEFAULT_SALT", "VOI_MODES",
+           "DEFAULT_MAX_PIXELS"]
 
 logger = logging.getLogger(__name__)
 
 #: Salt used for ``patient_key`` when neither ``salt=`` nor ``$CXR_EMBED_SALT`` is given.
-#: It is **not secret** (it is printed here): it only makes keys differ from a bare hash of the
-#: PatientID. Set your own salt (``CXR_EMBED_SALT``) to make keys unlinkable across projects.
+#: It is **public** (it is printed here), so keys made with it protect nothing: a 7-digit
+#: PatientID is recovered from its key by brute force in about a second. Using it warns.
+#: Set a secret salt per project (``salt=`` or ``$CXR_EMBED_SALT``).
 DEFAULT_SALT = "cxr_embed-default-salt-NOT-SECRET-set-CXR_EMBED_SALT"
 
 #: Accepted values of ``voi=``.
 VOI_MODES = ("auto", "lut", "window", "minmax", "none")
 
+#: Default pixel budget of :func:`read_dicom` / :func:`cxr_embed.read_image` (``max_pixels=``):
+#: 100 megapixels, checked from the header before anything is decoded. Generous for radiographs
+#: (a 43 x 43 cm detector at 0.1 mm is 18.5 megapixels); it stops decompression bombs, e.g. a
+#: 778 KB Deflated DICOM that declares 20000 x 20000 pixels.
+DEFAULT_MAX_PIXELS = 100_000_000
+
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99")
-# luminance weights of ITU-R BT.601 (those of Pillow's "L" conversion)
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+# elements above this size stay on disk until used, so the header is checked before pixels are read
+_DEFER_SIZE = 64 * 1024
 
 
 # --------------------------------------------------------------------------- helpers
-def _check_file(path: Path) -> None:
-    """Raise the documented errors for a missing path, a directory or an empty file."""
-    if not path.exists():
-        raise ImageNotFoundError(path, "no such file; fix: check the path (and the manifest's root=)")
-    if path.is_dir():
-        raise ImageNotFoundError(path, "is a directory, not an image file; fix: pass a file inside it "
-                                       "(or use load_manifest for a whole folder)")
-    if path.stat().st_size == 0:
-        raise ImageReadError(path, "empty file (0 bytes); fix: re-copy or re-export the image")
-
-
 def _pydicom():
     from .._utils import require
 
@@ -79,7 +82,8 @@ def is_dicom(path: str | os.PathLike) -> bool:
     Parameters
     ----------
     path : str or os.PathLike
-        Any path; a missing file or a directory gives ``False``.
+        Any path; a missing file, a directory or anything that is not a regular file (FIFO, socket,
+        device: never opened) gives ``False``.
 
     Returns
     -------
@@ -95,9 +99,11 @@ def is_dicom(path: str | os.PathLike) -> bool:
     """
     path = Path(path)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO, socket or device
+            return False
         with open(path, "rb") as fh:
             head = fh.read(134)
-    except OSError:
+    except (OSError, ValueError):
         return False
     if head[128:132] == b"DICM":
         # Part 10: the file meta group (0002,xxxx), explicit VR little endian, follows at once
@@ -143,21 +149,40 @@ def parse_age(value: Any) -> float | None:
 
 
 def patient_key(patient_id: Any, salt: str | None = None) -> str | None:
-    """Salted one-way hash of a patient identifier (16 hex characters).
+    """Keyed hash of a patient identifier (16 hex characters), for patient-grouped splits.
 
-    ``blake2b(patient_id, key=salt, digest_size=8)``; the raw identifier cannot be recovered,
-    and equal identifiers give equal keys under the same salt, so patient-grouped splits work.
+    ``blake2b(patient_id, key=sha256(salt), digest_size=8)``: equal identifiers give equal keys
+    under the same salt (so grouped splits and manifests built on different days agree), and
+    the identifier is not written anywhere.
+
+    What it protects against, and what it does not:
+
+    - With a **secret** salt (``salt=`` or ``$CXR_EMBED_SALT``, e.g. ``secrets.token_hex(16)``,
+      kept out of every output), someone holding only the keys (a manifest, a store, a report)
+      cannot recover PatientIDs, nor link the keys to another project's.
+    - With the **public** :data:`DEFAULT_SALT` it protects nothing: PatientIDs are short and
+      structured, so anyone can hash every candidate (all 7-digit ids take about a second) and
+      read the identifier back. Using it therefore emits a ``UserWarning``.
+    - Never: re-identification from the image itself or from other metadata (age, sex, dates,
+      burned-in text), or by anyone who has the salt. This is pseudonymisation, not anonymisation.
 
     Parameters
     ----------
     patient_id : str or None
         The raw *PatientID*; empty or ``None`` gives ``None``.
     salt : str, optional
-        Default: ``$CXR_EMBED_SALT`` when set, else :data:`DEFAULT_SALT` (not secret).
+        The project's secret. Default: ``$CXR_EMBED_SALT`` when set, else :data:`DEFAULT_SALT`
+        with a warning (keys are then reversible).
 
     Returns
     -------
     str or None
+
+    Warns
+    -----
+    UserWarning
+        When the public :data:`DEFAULT_SALT` is used (by default, when neither ``salt=`` nor
+        ``$CXR_EMBED_SALT`` is given, or when it is passed explicitly).
 
     Examples
     --------
@@ -169,24 +194,14 @@ def patient_key(patient_id: Any, salt: str | None = None) -> str | None:
         return None
     if salt is None:
         salt = os.environ.get("CXR_EMBED_SALT") or DEFAULT_SALT
+    if str(salt) == DEFAULT_SALT:
+        warnings.warn("patient_key uses the public DEFAULT_SALT: these keys can be reversed by brute force "
+                      "(a 7-digit PatientID in about a second), so they are not pseudonyms; fix: set a secret "
+                      "salt per project with salt= or the environment variable CXR_EMBED_SALT (e.g. "
+                      "python -c 'import secrets; print(secrets.token_hex(16))'), and keep it out of outputs",
+                      UserWarning, stacklevel=2)
     key = hashlib.sha256(str(salt).encode("utf-8")).digest()  # any salt length -> 32-byte key
     return hashlib.blake2b(str(patient_id).strip().encode("utf-8"), key=key, digest_size=8).hexdigest()
-
-
-def _float_or_none(v) -> float | None:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
-
-
-def _first(v):
-    """First value of a possibly multi-valued element (WindowCenter may hold several)."""
-    from pydicom.multival import MultiValue
-
-    if isinstance(v, (MultiValue, list, tuple)):
-        return v[0] if len(v) else None
-    return v
 
 
 def _spacing(ds) -> tuple[float, float] | None:
@@ -201,13 +216,6 @@ def _spacing(ds) -> tuple[float, float] | None:
         if row > 0 and col > 0:  # some CR files write [0, 0]
             return (row, col)
     return None
-
-
-def _int_or_none(v) -> int | None:
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        return None
 
 
 def _header_meta(ds, salt: str | None) -> dict:
@@ -235,18 +243,36 @@ def _header_meta(ds, salt: str | None) -> dict:
     }
 
 
-def _dcmread(path: Path, **kwargs):
+def _dcmread(path: Path, *, header_only: bool = False, max_pixels: int | None = None):
+    """Parse a DICOM file: the header only, or everything with elements over 64 KiB left on disk.
+
+    Pixel data is deferred (read when first used), so the header can be checked against
+    ``max_pixels`` before any pixel is read. A Deflated file is inflated whole by pydicom, so its
+    image header is first read from a bounded inflation (:func:`_deflated_header`) and the budget
+    checked on it.
+    """
     pydicom = _pydicom()
-    from pydicom.errors import InvalidDicomError
 
     if not is_dicom(path):
         raise ImageReadError(path, "not a DICOM file (no 'DICM' marker at byte 128 and no parseable "
                                    "DICOM header); fix: use read_image for PNG/JPEG/TIFF, or re-export the DICOM")
     try:
-        ds = pydicom.dcmread(path, force=True, **kwargs)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError) as e:
-        raise ImageReadError(path, f"DICOM header could not be parsed ({type(e).__name__}: {e}); the file is "
-                                   "probably truncated or corrupt; fix: re-copy or re-export it") from e
+        header = _deflated_header(path)
+        if header is not None:
+            if header_only:
+                return header
+            rows, cols = _int_or_none(header.get("Rows")), _int_or_none(header.get("Columns"))
+            if max_pixels is not None and rows and cols and rows > 0 and cols > 0:
+                _check_budget(header, path, max_pixels)
+        if header_only:
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+        else:  # a deflated file is in memory anyway (its offsets are not file offsets): never defer there
+            ds = pydicom.dcmread(path, force=True, defer_size=None if header is not None else _DEFER_SIZE)
+    except CxrEmbedError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pydicom raises many types for damaged headers
+        raise ImageDecodeError(path, f"DICOM header could not be parsed ({type(e).__name__}: {e}); the file is "
+                                     "probably truncated or corrupt; fix: re-copy or re-export it") from e
     _fill_transfer_syntax(ds, path)
     return ds
 
@@ -299,101 +325,26 @@ def read_dicom_meta(path: str | os.PathLike, *, salt: str | None = None) -> dict
     """
     path = Path(path)
     _check_file(path)
-    ds = _dcmread(path, stop_before_pixels=True)
-    return _header_meta(ds, salt)
+    ds = _dcmread(path, header_only=True)
+    try:
+        return _header_meta(ds, salt)
+    except CxrEmbedError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a malformed value of an element we read
+        raise InvalidHeaderError(path, f"DICOM header values could not be interpreted ({type(e).__name__}: {e}); "
+                                       "fix: re-export the file") from e
+
+
+# --------------------------------------------------------------------------- header checks
 
 
 # --------------------------------------------------------------------------- pixel steps
-def _bits_range(ds, signed: bool) -> tuple[float, float]:
-    bs = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
-    if signed:
-        return float(-(2 ** (bs - 1))), float(2 ** (bs - 1) - 1)
-    return 0.0, float(2 ** bs - 1)
-
-
-def _window(x: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """Window to [0, 1] per PS3.3 C.11.2.1.2 (LINEAR, LINEAR_EXACT, SIGMOID)."""
-    function = (function or "LINEAR").strip().upper()
-    if function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
-    if function == "LINEAR_EXACT":
-        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
-    if width <= 1.0:  # LINEAR with the minimum width 1 is a threshold at the centre
-        return (x > center - 0.5).astype(np.float64)
-    return np.clip((x - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
-
-
-def _voi_lut(x: np.ndarray, ds) -> np.ndarray:
-    """Apply the first VOI LUT Sequence item to modality-LUT output, result in [0, 1].
-
-    The lookup is pydicom's ``apply_voi`` (handles US/OW LUT data and 8-bit packing); the output
-    is divided by ``2**bits - 1`` from the LUT Descriptor, or by the LUT's real depth when the
-    descriptor understates it (seen in the wild).
-    """
-    from pydicom.pixels import apply_voi
-
-    item = ds.VOILUTSequence[0]
-    nbits = int(item.LUTDescriptor[2])
-    out = apply_voi(np.rint(x).astype(np.int64), ds, index=0).astype(np.float64)
-    top = float(2 ** nbits - 1)
-    peak = float(out.max(initial=0))
-    if peak > top:
-        top = float(2 ** int(np.ceil(np.log2(peak + 1))) - 1)
-    return out / top
-
-
-def _minmax(x: np.ndarray) -> np.ndarray:
-    lo, hi = float(np.min(x)), float(np.max(x))
-    if hi <= lo:
-        return np.zeros_like(x, dtype=np.float64)
-    return (x - lo) / (hi - lo)
-
-
-def _apply_voi(x: np.ndarray, ds, voi: str, window, path: Path,
-               signed: bool, modality_applied: bool) -> tuple[np.ndarray, str, tuple | None]:
-    """VOI step. Returns (image in [0, 1], name of the step that ran, (center, width) or None)."""
-    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR")
-    if window is not None:
-        try:
-            center, width = (float(v) for v in window)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"window must be (center, width) numbers, got {window!r}") from e
-        if width <= 0:
-            raise ValueError(f"window width must be > 0, got {width}")
-        return _window(x, center, width, function), "window", (center, width)
-
-    has_lut = "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0
-    wc, ww = _float_or_none(_first(ds.get("WindowCenter"))), _float_or_none(_first(ds.get("WindowWidth")))
-    has_window = wc is not None and ww is not None and ww > 0
-
-    if voi in ("auto", "lut") and has_lut:
-        return _voi_lut(x, ds), "lut", None
-    if voi == "lut":
-        raise ImageReadError(path, "voi='lut' but the file has no VOI LUT Sequence; fix: use voi='auto'")
-    if voi in ("auto", "window") and has_window:
-        return _window(x, wc, ww, function), "window", (wc, ww)
-    if voi == "window":
-        raise ImageReadError(path, "voi='window' but the file has no usable WindowCenter/WindowWidth; "
-                                   "fix: use voi='auto' or pass window=(center, width)")
-    if voi == "none":
-        lo, hi = _bits_range(ds, signed)
-        if modality_applied:
-            slope = _float_or_none(ds.get("RescaleSlope"))
-            inter = _float_or_none(ds.get("RescaleIntercept"))
-            slope = 1.0 if slope is None else slope
-            inter = 0.0 if inter is None else inter
-            lo, hi = sorted((lo * slope + inter, hi * slope + inter))
-        return np.clip((x - lo) / max(hi - lo, 1e-12), 0.0, 1.0), "none", None
-    return _minmax(x), "minmax", None
-
-
-def _to_luminance(rgb: np.ndarray, top: float) -> np.ndarray:
-    return (rgb[..., :3].astype(np.float64) @ _LUMA) / top
 
 
 # --------------------------------------------------------------------------- public reader
 def read_dicom(path: str | os.PathLike, *, voi: str = "auto", window: tuple[float, float] | None = None,
-               frame: int | None = None, salt: str | None = None) -> tuple[np.ndarray, dict]:
+               frame: int | None = None, salt: str | None = None,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, dict]:
     """Read a DICOM radiograph as displayed: float32 ``(H, W)`` in [0, 1], air dark, bone bright.
 
     Steps, in the order of DICOM PS3.3 C.11: decode (BitsStored, sign, byte order, compression)
@@ -414,12 +365,16 @@ def read_dicom(path: str | os.PathLike, *, voi: str = "auto", window: tuple[floa
     frame : int, optional
         0-based frame index, required for files with more than one frame.
     salt : str, optional
-        Salt of ``meta["patient_key"]``; default ``$CXR_EMBED_SALT`` or :data:`DEFAULT_SALT`.
+        Salt of ``meta["patient_key"]``; default ``$CXR_EMBED_SALT`` or :data:`DEFAULT_SALT`
+        (see :func:`patient_key`).
+    max_pixels : int or None, default DEFAULT_MAX_PIXELS (100 megapixels)
+        Pixel budget: ``Rows x Columns x NumberOfFrames`` from the header must not exceed it,
+        checked before any pixel is read or inflated. ``None``: no limit.
 
     Returns
     -------
     image : ndarray of shape (H, W), float32
-        Values in [0, 1]; air dark, bone bright.
+        Values in [0, 1], never NaN or infinite, never constant; air dark, bone bright.
     meta : dict
         ``source`` ("dicom"), ``modality``, ``view_position``, ``laterality``, ``body_part``, ``sex``,
         ``age_years`` (float), ``pixel_spacing`` ((row, col) mm or None), ``photometric_interpretation``,
@@ -436,11 +391,27 @@ def read_dicom(path: str | os.PathLike, *, voi: str = "auto", window: tuple[floa
         A DICOM without pixel data (structured report, presentation state, truncated header).
     MultiFrameError
         More than one frame and ``frame=None``, or ``frame`` out of range.
+    NotRegularFileError, ImageAccessError
+        A FIFO, socket, device or symlink loop (never opened); a file that may not be read.
+    ImageTooLargeError
+        The header declares more than ``max_pixels`` pixels.
+    InvalidHeaderError, HeaderMismatchError
+        Impossible header values (Rows, BitsAllocated, BitsStored, PhotometricInterpretation,
+        SamplesPerPixel, NumberOfFrames ...), or a header that disagrees with the pixel data.
+    InvalidLUTError
+        Malformed Modality/VOI LUT Sequence; RescaleSlope/Intercept, WindowCenter/Width that are
+        not finite, a zero slope, a width <= 0.
+    NonFiniteImageError
+        NaN or infinite values in float pixel data.
+    ConstantImageError
+        Every pixel has the same value, before or after the VOI step.
+    ImageDecodeError
+        Truncated or corrupt file, undecodable pixel data, or any other failure while decoding.
     ImageReadError
-        Empty, truncated, corrupt or non-DICOM file; undecodable pixel data; ``voi`` asks for an
-        element the file lacks. Messages start with the path and give a fix.
+        Empty or non-DICOM file; ``voi`` asks for an element the file lacks. Every message starts
+        with the path, names the DICOM tag at fault and gives a fix.
     ValueError
-        Invalid ``voi`` or ``window`` argument.
+        Invalid ``voi``, ``window`` or ``max_pixels`` argument.
     TypeError
         ``frame`` is not an int.
 
@@ -454,32 +425,65 @@ def read_dicom(path: str | os.PathLike, *, voi: str = "auto", window: tuple[floa
     >>> float(image.min()) >= 0.0 and float(image.max()) <= 1.0
     True
     """
+    voi, window, max_pixels = _check_read_arguments(voi, window, frame, max_pixels)
+    path = Path(path)
+    st = _check_file(path)
+    ds = _dcmread(path, max_pixels=max_pixels)
+    try:
+        return _read_pixels(ds, path, st, voi=voi, window=window, frame=frame, salt=salt, max_pixels=max_pixels)
+    except CxrEmbedError:
+        raise
+    except MemoryError as e:
+        raise ImageDecodeError(path, "ran out of memory while decoding; fix: free memory, or lower max_pixels= "
+                                     "to refuse images this large") from e
+    except Exception as e:  # noqa: BLE001 - whatever pydicom/numpy raise on a damaged file, never leak it raw
+        raise ImageDecodeError(path, f"could not be decoded ({type(e).__name__}: {e}); the file is probably "
+                                     "corrupt; fix: re-copy or re-export it") from e
+
+
+def _check_read_arguments(voi, window, frame, max_pixels):
+    """Validate the caller's arguments (``ValueError``/``TypeError``: these are not file errors)."""
     if voi not in VOI_MODES:
         raise ValueError(f"voi must be one of {VOI_MODES}, got {voi!r}")
     if frame is not None and (not isinstance(frame, (int, np.integer)) or isinstance(frame, bool)):
         raise TypeError(f"frame must be an int or None, got {type(frame).__name__}")
-    path = Path(path)
-    _check_file(path)
-    ds = _dcmread(path)
+    if window is not None:
+        try:
+            center, width = (float(v) for v in window)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"window must be (center, width) numbers, got {window!r}") from e
+        if not (math.isfinite(center) and math.isfinite(width)):
+            raise ValueError(f"window center and width must be finite, got {window!r}")
+        if width <= 0:
+            raise ValueError(f"window width must be > 0, got {width}")
+        window = (center, width)
+    return voi, window, _check_max_pixels(max_pixels)
+
+
+def _read_pixels(ds, path: Path, st: os.stat_result, *, voi, window, frame, salt, max_pixels):
+    """The body of :func:`read_dicom` once the file is parsed (header checks, decoding, display steps)."""
     if len(ds) == 0:
         # pydicom gives up on a broken element (e.g. pixel data cut short) and returns nothing
-        header = _dcmread(path, stop_before_pixels=True)
+        header = _dcmread(path, header_only=True)
         what = "its pixel data is cut short or corrupt" if len(header) else "no data element could be parsed"
-        raise ImageReadError(path, f"DICOM file meta is readable but {what}: the file is truncated or corrupt "
-                                   f"({path.stat().st_size} bytes); fix: re-copy or re-export it")
+        raise ImageDecodeError(path, f"DICOM file meta is readable but {what}: the file is truncated or corrupt "
+                                     f"({st.st_size} bytes); fix: re-copy or re-export it")
     meta = _header_meta(ds, salt)
 
-    if not any(k in ds for k in _PIXEL_KEYWORDS):
-        size = path.stat().st_size
-        if meta["rows"] and meta["columns"] and "BitsAllocated" in ds:
+    keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
+    if keyword is None:
+        if "Rows" in ds and "Columns" in ds and "BitsAllocated" in ds:
             # the header describes an image but the file stops before its pixels
-            raise ImageReadError(path, f"header describes a {meta['rows']}x{meta['columns']} image but the file "
-                                       f"ends ({size} bytes) before its PixelData: the file is truncated; "
-                                       "fix: re-copy or re-download it")
+            raise ImageDecodeError(path, f"header describes a {meta['rows']}x{meta['columns']} image but the file "
+                                         f"ends ({st.st_size} bytes) before its PixelData: the file is truncated; "
+                                         "fix: re-copy or re-download it")
         raise NoPixelDataError(path, f"DICOM has no pixel data (SOP class {ds.get('SOPClassUID', 'unknown')}, "
-                                     f"{size} bytes; a structured report, presentation state, or a truncated "
+                                     f"{st.st_size} bytes; a structured report, presentation state, or a truncated "
                                      "file); fix: skip it, or re-copy the file if it should be an image")
-    n_frames = meta["number_of_frames"]
+    geometry = _image_geometry(ds, path, keyword)
+    _check_budget(ds, path, max_pixels)
+    _check_pixel_length(ds, path, keyword, geometry, st.st_size)
+    n_frames = geometry["frames"]
     if frame is None and n_frames > 1:
         raise MultiFrameError(path, f"has NumberOfFrames={n_frames}; fix: pass frame=<0..{n_frames - 1}>")
     if frame is not None and not 0 <= int(frame) < n_frames:
@@ -487,22 +491,23 @@ def read_dicom(path: str | os.PathLike, *, voi: str = "auto", window: tuple[floa
                                     f"fix: pass frame=<0..{n_frames - 1}>")
     index = int(frame) if frame is not None else 0
 
-    _pydicom()
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
+    from pydicom.pixels import apply_color_lut, pixel_array
 
-    pi = (meta["photometric_interpretation"] or "MONOCHROME2").upper()
+    pi = geometry["photometric"]
     try:
         arr = pixel_array(ds, index=index if n_frames > 1 else None)
-    except Exception as e:  # noqa: BLE001 - decoder errors come in many types; all mean "cannot decode"
-        if isinstance(e, CxrEmbedError):
+    except BaseException as e:  # noqa: BLE001 - decoder errors come in many types; all mean "cannot decode"
+        # BaseException: a Rust decoder's panic (pyo3's PanicException, e.g. pylibjpeg-rle on an
+        # overrunning segment) is not an Exception; only an interrupt or an exit must pass through
+        if isinstance(e, (CxrEmbedError, KeyboardInterrupt, SystemExit, GeneratorExit)):
             raise
         ts = meta["transfer_syntax"]
         fix = "the file may be truncated or corrupt: re-copy or re-export it"
         if ts and ts not in _NATIVE_SYNTAXES:
             fix += ("; for compressed data check that the pylibjpeg plugins are installed "
                     "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle)")
-        raise ImageReadError(path, f"pixel data could not be decoded (transfer syntax {ts}; "
-                                   f"{type(e).__name__}: {e}); fix: {fix}") from e
+        raise ImageDecodeError(path, f"pixel data could not be decoded (transfer syntax {ts}; "
+                                     f"{type(e).__name__}: {e}); fix: {fix}") from e
     if arr.ndim == 3 and arr.shape[-1] not in (3, 4) and n_frames == 1:  # pragma: no cover - defensive
         arr = arr[0]
 
@@ -519,36 +524,50 @@ def read_dicom(path: str | os.PathLike, *, voi: str = "auto", window: tuple[floa
     if pi == "PALETTE COLOR" or (arr.ndim == 3 and arr.shape[-1] in (3, 4)):
         # colour: VOI does not apply to RGB; collapse to luminance
         if pi == "PALETTE COLOR":
-            rgb = apply_color_lut(arr, ds)  # uint8 or uint16, per the palette's depth
+            try:
+                rgb = apply_color_lut(arr, ds)  # uint8 or uint16, per the palette's depth
+            except Exception as e:  # noqa: BLE001 - malformed palette descriptors/data
+                raise InvalidLUTError(path, f"the palette ({_tag('RedPaletteColorLookupTableDescriptor')} and "
+                                            f"its data) could not be applied ({type(e).__name__}: {e}); fix: "
+                                            "re-export the file") from e
             top = float(np.iinfo(rgb.dtype).max) if np.issubdtype(rgb.dtype, np.integer) else 1.0
         else:
             rgb = arr  # pydicom returns YBR_* already converted to RGB
             top = float(2 ** (bs or 8) - 1)
         warnings.warn(f"{path}: colour DICOM ({pi}) converted to luminance (ITU-R BT.601); a chest "
-                      "radiograph is normally MONOCHROME1/2, check that this file is one", UserWarning, stacklevel=2)
+                      "radiograph is normally MONOCHROME1/2, check that this file is one", UserWarning, stacklevel=3)
         image = np.clip(_to_luminance(rgb, top), 0.0, 1.0)
+        if image.size and float(image.max()) <= float(image.min()):
+            raise ConstantImageError(path, f"every pixel of this colour image ({_tag(keyword)}) has the same "
+                                           "luminance: the image is blank; fix: exclude the file or re-export it")
         meta["voi_applied"] = "color"
         logger.debug("%s: %s -> luminance", path, pi)
         return image.astype(np.float32), meta
 
     if arr.ndim != 2:
-        raise ImageReadError(path, f"expected a single 2-D grayscale frame, decoded shape {arr.shape}; "
-                                   "fix: pass frame= for multi-frame files")
+        raise ImageDecodeError(path, f"expected a single 2-D grayscale frame, decoded shape {arr.shape}; "
+                                     "fix: pass frame= for multi-frame files")
+    if arr.dtype.kind == "f":  # float pixel data is the only source of NaN/inf; integers cannot hold them
+        finite = np.isfinite(arr)
+        if not finite.all():
+            bad = int(arr.size - np.count_nonzero(finite))
+            raise NonFiniteImageError(path, f"{bad} of {arr.size} pixels of {_tag(keyword)} are NaN or infinite; "
+                                            "an image with them cannot be shown or embedded; fix: re-export the "
+                                            "file without NaN/inf (e.g. replace them by the background value)")
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        raise ConstantImageError(path, f"every pixel of {_tag(keyword)} has the stored value {lo:g}: the image is "
+                                       "blank; fix: exclude the file, or re-export the real image")
 
     # Modality LUT: sequence or rescale slope/intercept (identity when neither is present)
-    modality_applied = "RescaleSlope" in ds or "RescaleIntercept" in ds  # the range then moves with it
-    try:
-        x = apply_modality_lut(arr, ds).astype(np.float64, copy=False)
-    except Exception as e:  # noqa: BLE001
-        raise ImageReadError(path, f"Modality LUT / rescale could not be applied ({type(e).__name__}: {e}); "
-                                   "fix: check RescaleSlope/RescaleIntercept or the Modality LUT Sequence") from e
-    if voi == "none" and ("ModalityLUTSequence" in ds or "PixelData" not in ds):
+    x, x_lo, x_hi, modality_applied = _apply_modality(arr, ds, path, lo, hi)
+    if voi == "none" and ("ModalityLUTSequence" in ds or keyword != "PixelData"):
         # a Modality LUT Sequence maps into its own output range and float pixel data has no
         # BitsStored: the stored-bits range is meaningless there, so use the actual range
         voi = "minmax"
         logger.info("%s: no stored-bits range (Modality LUT Sequence or float pixels); voi='none' -> 'minmax'", path)
 
-    image, step, used_window = _apply_voi(x, ds, voi, window, path, signed, modality_applied)
+    image, step, used_window = _apply_voi(x, ds, voi, window, path, signed, modality_applied, x_lo, x_hi)
     meta["voi_applied"] = step
     meta["window"] = used_window
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..exceptions import ImageReadError, MultiFrameError
-from .dicom import VOI_MODES, _check_file, is_dicom, read_dicom
+from ..exceptions import (ConstantImageError, CxrEmbedError, ImageDecodeError, ImageReadError, ImageTooLargeError,
+                          MultiFrameError, NonFiniteImageError)
+from ._guards import _budget_error, _check_file, _check_max_pixels
+from .dicom import DEFAULT_MAX_PIXELS, VOI_MODES, is_dicom, read_dicom
 
 __all__ = ["read_image"]
 
@@ -37,36 +40,61 @@ def _tiff_bits(img) -> int | None:
     return int(bits)
 
 
+def _constant(path: Path, mode: str, value) -> ConstantImageError:
+    return ConstantImageError(path, f"every pixel has the value {value:g} (Pillow mode {mode}): the image is blank "
+                                    "and carries no information; fix: exclude the file, or re-export the real image")
+
+
 def _pil_to_array(img, path: Path, int_bits: int) -> tuple[np.ndarray, int, str]:
     """Pillow image -> (float64 (H, W) in [0, 1], bit depth, how it was scaled).
 
     ``int_bits`` is the sample depth of an ``I``-mode image (16 for PNG, BitsPerSample for TIFF).
+    Blank (constant) images raise :class:`ConstantImageError`, NaN/inf in float images
+    :class:`NonFiniteImageError`; the extremes are taken on the stored values, before the
+    float conversion.
     """
     mode = img.mode
     if mode == "1":
-        return np.asarray(img, dtype=np.float64), 1, "binary"
+        a = np.asarray(img)
+        if a.size and a.min() == a.max():
+            raise _constant(path, mode, float(a.flat[0]))
+        return a.astype(np.float64), 1, "binary"
     if mode in ("L", "LA"):
-        a = np.asarray(img.getchannel("L") if mode == "LA" else img, dtype=np.float64)
-        return a / 255.0, 8, "8-bit"
+        raw = np.asarray(img.getchannel("L") if mode == "LA" else img)
+        lo, hi = int(raw.min()), int(raw.max())
+        if hi <= lo:
+            raise _constant(path, mode, lo)
+        return raw.astype(np.float64) / 255.0, 8, "8-bit"
     if mode.startswith("I;16") or mode == "I":
-        a = np.asarray(img).astype(np.float64)
+        raw = np.asarray(img)
+        lo, hi = float(raw.min()), float(raw.max())
+        if hi <= lo:
+            raise _constant(path, mode, lo)
+        a = raw.astype(np.float64)
         bits = 16 if mode.startswith("I;16") else int_bits
-        if bits <= 16 and a.min(initial=0) >= 0 and a.max(initial=0) <= 65535:
+        if bits <= 16 and lo >= 0 and hi <= 65535:
             # 16-bit grayscale: scale by the real range of the format, not the image's max
             return a / 65535.0, 16, "16-bit/65535"
-        lo, hi = float(a.min()), float(a.max())
         warnings.warn(f"{path}: {bits}-bit integer image ({mode}) scaled by its own min/max "
                       f"[{lo:g}, {hi:g}]; export 8- or 16-bit grayscale for a fixed scale",
                       UserWarning, stacklevel=3)
-        return ((a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)), bits, "minmax"
+        return (a - lo) / (hi - lo), bits, "minmax"
     if mode == "F":
         a = np.asarray(img, dtype=np.float64)
-        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        finite = np.isfinite(a)
+        if not finite.all():
+            bad = int(a.size - np.count_nonzero(finite))
+            raise NonFiniteImageError(path, f"{bad} of {a.size} pixels of this floating-point image are NaN or "
+                                            "infinite; fix: re-export it without NaN/inf (e.g. replace them by the "
+                                            "background value)")
+        lo, hi = float(a.min()), float(a.max())
+        if hi <= lo:
+            raise _constant(path, mode, lo)
         if lo >= 0.0 and hi <= 1.0:
             return a, 32, "float"
         warnings.warn(f"{path}: floating-point image with range [{lo:g}, {hi:g}] scaled by its own "
                       "min/max", UserWarning, stacklevel=3)
-        return ((a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)), 32, "minmax"
+        return (a - lo) / (hi - lo), 32, "minmax"
     # colour (RGB, RGBA, P, PA, CMYK, YCbCr, LAB, HSV ...): luminance of the RGB rendering
     rgb = np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0
     spread = float(np.max(np.ptp(rgb, axis=-1))) if rgb.size else 0.0
@@ -75,11 +103,14 @@ def _pil_to_array(img, path: Path, int_bits: int) -> tuple[np.ndarray, int, str]
                       "a radiograph is normally grayscale, check the file", UserWarning, stacklevel=3)
     else:
         logger.debug("%s: grayscale stored as %s, taking luminance", path, mode)
-    return rgb @ _LUMA, 8, "luminance"
+    luminance = rgb @ _LUMA
+    if luminance.size and float(luminance.max()) <= float(luminance.min()):
+        raise _constant(path, mode, float(luminance.flat[0]) * 255.0)
+    return luminance, 8, "luminance"
 
 
 def read_image(path: str | os.PathLike, *, voi: str = "auto", window: tuple[float, float] | None = None,
-               frame: int | None = None) -> tuple[np.ndarray, dict]:
+               frame: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, dict]:
     """Read any radiograph file as float32 ``(H, W)`` in [0, 1], air dark, bone bright.
 
     DICOM files (recognised by content, whatever their suffix) go to
@@ -92,6 +123,10 @@ def read_image(path: str | os.PathLike, *, voi: str = "auto", window: tuple[floa
     - EXIF orientation applied (``ImageOps.exif_transpose``), so rows are what a viewer shows;
     - multi-page TIFF: ``frame=`` picks the page, as for multi-frame DICOM.
 
+    Nothing that is not a regular file is opened (a FIFO would block forever), and the size the
+    header declares is checked against ``max_pixels`` before anything is decoded. The result is
+    never NaN, infinite or constant: such files raise a named error instead.
+
     Parameters
     ----------
     path : str or os.PathLike
@@ -103,11 +138,15 @@ def read_image(path: str | os.PathLike, *, voi: str = "auto", window: tuple[floa
         DICOM only; explicit window in modality units. Ignored with a warning for other formats.
     frame : int, optional
         Frame (DICOM) or page (TIFF/GIF) index; required when the file has more than one.
+    max_pixels : int or None, default DEFAULT_MAX_PIXELS (100 megapixels)
+        Pixel budget, checked from the header before decoding (DICOM: Rows x Columns x
+        NumberOfFrames; other formats: width x height of the page read). ``None``: no limit
+        (Pillow's own limit, ``2 * PIL.Image.MAX_IMAGE_PIXELS``, still applies).
 
     Returns
     -------
     image : ndarray of shape (H, W), float32
-        Values in [0, 1].
+        Values in [0, 1], finite, not constant.
     meta : dict
         For DICOM see :func:`~cxr_embed.io.dicom.read_dicom`. Otherwise ``source`` (lower-case
         Pillow format: "png", "jpeg", "tiff" ...), ``mode`` (Pillow mode of the file),
@@ -118,33 +157,48 @@ def read_image(path: str | os.PathLike, *, voi: str = "auto", window: tuple[floa
     ------
     ImageNotFoundError
         Missing path or a directory (also a ``FileNotFoundError``).
+    NotRegularFileError, ImageAccessError
+        A FIFO, socket, device or symlink loop (never opened); a file that may not be read.
+    ImageTooLargeError
+        More pixels than ``max_pixels`` (or than Pillow's own limit).
+    ImageDecodeError
+        Truncated or corrupt file, or any other failure of the decoder.
+    NonFiniteImageError, ConstantImageError
+        NaN/inf pixels (float TIFF, float DICOM); a blank image.
     ImageReadError
-        Empty, truncated or unrecognised file (e.g. text named ``.png``), undecodable pixels.
-        DICOM subclasses: ``NoPixelDataError``, ``MultiFrameError``.
-        Messages start with the path and give a fix.
+        Empty or unrecognised file (e.g. text named ``.png``); DICOM files may also raise
+        ``NoPixelDataError``, ``MultiFrameError``, ``InvalidHeaderError``, ``HeaderMismatchError``,
+        ``InvalidLUTError`` (see :func:`~cxr_embed.io.dicom.read_dicom`). Every message starts with
+        the path and gives a fix; all are ``ValueError`` and :class:`~cxr_embed.CxrEmbedError`.
 
     Examples
     --------
     >>> import numpy as np, tempfile, os
     >>> from PIL import Image
     >>> tmp = os.path.join(tempfile.mkdtemp(), "x.png")
-    >>> Image.fromarray(np.full((4, 6), 65535, np.uint16)).save(tmp)
+    >>> ramp = np.tile(np.array([0, 21845, 43690, 65535], np.uint16), (3, 1))
+    >>> Image.fromarray(ramp).save(tmp)
     >>> image, meta = read_image(tmp)
     >>> image.shape, float(image.max()), meta["bit_depth"]
-    ((4, 6), 1.0, 16)
+    ((3, 4), 1.0, 16)
     """
     if voi not in VOI_MODES:
         raise ValueError(f"voi must be one of {VOI_MODES}, got {voi!r}")
+    max_pixels = _check_max_pixels(max_pixels)
     path = Path(path)
     _check_file(path)
     if is_dicom(path):
-        return read_dicom(path, voi=voi, window=window, frame=frame)
+        return read_dicom(path, voi=voi, window=window, frame=frame, max_pixels=max_pixels)
 
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if window is not None or voi != "auto":
         warnings.warn(f"{path}: voi=/window= apply to DICOM only and are ignored for this file",
                       UserWarning, stacklevel=2)
+    from .nifti import is_nifti, read_nifti  # NIfTI by content too (io/nifti.py)
+
+    if is_nifti(path):
+        return read_nifti(path, frame=frame)
     try:
         with Image.open(path) as img:
             fmt = (img.format or path.suffix.lstrip(".") or "unknown").lower()
@@ -156,21 +210,36 @@ def read_image(path: str | os.PathLike, *, voi: str = "auto", window: tuple[floa
                     raise MultiFrameError(path, f"frame={frame} is out of range for {n_frames} frame(s); "
                                                 f"fix: pass frame=<0..{n_frames - 1}>")
                 img.seek(int(frame))
+            width, height = img.size  # read from the header; nothing is decoded before load()
+            if max_pixels is not None and width * height > max_pixels:
+                raise _budget_error(path, width * height, max_pixels,
+                                    f"the {fmt.upper()} header declares {width} x {height}")
             mode = img.mode
             img.load()
             int_bits = (_tiff_bits(img) or 32) if fmt == "tiff" else 16  # PNG "I" is 16-bit
             transposed = _has_orientation(img)
             rotated = ImageOps.exif_transpose(img) if transposed else img
             array, bits, scaling = _pil_to_array(rotated, path, int_bits)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
+    except CxrEmbedError:
+        raise
+    except Image.DecompressionBombError as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)):,} pixels" if found else "more pixels than Pillow accepts"
+        raise ImageTooLargeError(path, f"the header declares {size}, over Pillow's own limit (2 x "
+                                       f"PIL.Image.MAX_IMAGE_PIXELS = {2 * Image.MAX_IMAGE_PIXELS:,}); nothing was "
+                                       "decoded (a small file declaring a huge image is a decompression bomb); fix: "
+                                       "if the image is genuine, raise PIL.Image.MAX_IMAGE_PIXELS and pass a larger "
+                                       "max_pixels=") from e
+    except UnidentifiedImageError as e:
         raise ImageReadError(path, f"not a recognised image: neither DICOM (by content) nor a format "
                                    f"Pillow can open ({e}); fix: check the file is really an image "
                                    "(PNG, JPEG, TIFF or DICOM), re-export it") from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        if isinstance(e, ImageReadError):
-            raise
-        raise ImageReadError(path, f"image could not be decoded ({type(e).__name__}: {e}); the file is "
-                                   "probably truncated or corrupt; fix: re-copy or re-export it") from e
+    except MemoryError as e:
+        raise ImageDecodeError(path, "ran out of memory while decoding; fix: free memory, or lower max_pixels= "
+                                     "to refuse images this large") from e
+    except Exception as e:  # noqa: BLE001 - Pillow/numpy raise many types for damaged files; never leak them raw
+        raise ImageDecodeError(path, f"image could not be decoded ({type(e).__name__}: {e}); the file is "
+                                     "probably truncated or corrupt; fix: re-copy or re-export it") from e
 
     meta = {
         "source": fmt,

@@ -1,8 +1,9 @@
 """Dataset tables: every supported layout becomes one tidy :class:`pandas.DataFrame`.
 
-:func:`load_manifest` reads a generic CSV, a CheXpert CSV, an NIH ChestX-ray14
-``Data_Entry_2017*.csv``, a folder with one subfolder per class, or a folder of
-DICOM files, and returns the same columns whatever the source::
+:func:`load_manifest` reads a generic CSV, the label tables of the public chest X-ray datasets
+(NIH ChestX-ray14 with the Google 2019 labels, CheXpert, PadChest, MIMIC-CXR-JPG, RSNA
+Pneumonia, VinDr-CXR, SIIM-ACR), a folder with one subfolder per class, a folder of images or
+a folder of DICOM files, and returns the same columns whatever the source::
 
     image_id | path | patient_id | <label columns...> | <metadata columns...>
 
@@ -19,14 +20,19 @@ DICOM files, and returns the same columns whatever the source::
 ``"source"`` (absolute path read) and ``"root"`` (folder image paths were
 resolved against). :func:`summarize_manifest` counts images, patients, labels,
 views and sexes for a report or the ``cxr-embed manifest`` command.
+
+The loaders live in :mod:`cxr_embed.io.local_datasets` (generic CSV and folders),
+:mod:`cxr_embed.io.public_datasets` (NIH, CheXpert, PadChest, MIMIC-CXR-JPG) and
+:mod:`cxr_embed.io.annotation_datasets` (RSNA, VinDr-CXR, SIIM-ACR); the rules they share
+(regular files only, header before body, no control characters, extra columns never replace
+built ones) in :mod:`cxr_embed.io._tables`.
 """
 from __future__ import annotations
 
 import logging
 import os
-import posixpath
 import re
-import warnings
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,56 +40,32 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..exceptions import ImageReadError, ManifestError, MissingFilesError
+from ..exceptions import ManifestError, MissingFilesError
+from . import _tables
+from .annotation_datasets import VINDR_RULES, _load_rsna, _load_siim, _load_vindr
+from .local_datasets import (_load_dicom_folder, _load_folders, _load_generic, _load_images, first_dicom,
+                             has_raster_image, subdirs)
+from .public_datasets import (CHEXPERT_LABELS, GOOGLE2019_LABELS, NIH_LABELS, _load_chexpert, _load_mimic,
+                              _load_nih, _load_padchest, chexpert_tables)
 
-__all__ = ["load_manifest", "summarize_manifest", "FORMATS", "CHEXPERT_LABELS", "NIH_LABELS"]
+__all__ = ["load_manifest", "summarize_manifest", "FORMATS", "CHEXPERT_LABELS", "NIH_LABELS",
+           "GOOGLE2019_LABELS", "FRONTAL_VIEWS", "LATERAL_VIEWS"]
 
 logger = logging.getLogger(__name__)
 
 #: Formats understood by :func:`load_manifest` (besides ``"auto"``).
-FORMATS = ("csv", "chexpert", "nih", "folders", "dicom_folder", "images")
+FORMATS = ("csv", "chexpert", "nih", "padchest", "mimic", "rsna", "vindr", "siim",
+           "folders", "dicom_folder", "images")
+_FOLDER_FORMATS = ("folders", "dicom_folder", "images")
 
-#: CheXpert finding (CSV header) -> label column name.
-CHEXPERT_LABELS = {
-    "No Finding": "no_finding",
-    "Enlarged Cardiomediastinum": "enlarged_cardiomediastinum",
-    "Cardiomegaly": "cardiomegaly",
-    "Lung Opacity": "lung_opacity",
-    "Lung Lesion": "lung_lesion",
-    "Edema": "edema",
-    "Consolidation": "consolidation",
-    "Pneumonia": "pneumonia",
-    "Atelectasis": "atelectasis",
-    "Pneumothorax": "pneumothorax",
-    "Pleural Effusion": "pleural_effusion",
-    "Pleural Other": "pleural_other",
-    "Fracture": "fracture",
-    "Support Devices": "support_devices",
-}
+#: View codes (upper case, spaces collapsed) read as frontal projections.
+FRONTAL_VIEWS = frozenset({"PA", "AP", "POSTEROANTERIOR", "ANTEROPOSTERIOR", "FRONTAL", "AP_HORIZONTAL",
+                           "AP HORIZONTAL", "PA_HORIZONTAL", "AP AXIAL", "AP SUPINE", "AP_SUPINE", "AP LLD",
+                           "AP RLD", "PA LLD", "PA RLD"})
+#: View codes read as lateral projections.
+LATERAL_VIEWS = frozenset({"LL", "RL", "L", "LAT", "LATERAL", "XTABLE LATERAL", "LARGE LATERAL", "SWIMMERS"})
 
-#: NIH ChestX-ray14 label columns, in output order ("No Finding" first).
-NIH_LABELS = (
-    "no_finding", "atelectasis", "cardiomegaly", "consolidation", "edema", "effusion",
-    "emphysema", "fibrosis", "hernia", "infiltration", "mass", "nodule",
-    "pleural_thickening", "pneumonia", "pneumothorax",
-)
-
-# file suffixes taken for images when listing folders, and stripped from derived ids
-_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif",
-                             ".dcm", ".dicom", ".dic"})
-_RASTER_SUFFIXES = _IMAGE_SUFFIXES - {".dcm", ".dicom", ".dic"}
-
-# numeric columns of a generic CSV that are never labels, even when all 0/1
-_METADATA_NAMES = frozenset({
-    "age", "sex", "view", "width", "height", "rows", "columns", "follow_up", "followup",
-    "bits_stored", "bits_allocated", "frame", "frames", "n_frames", "number_of_frames",
-    "year", "fold", "split", "study", "series", "instance", "index", "weight", "dpi",
-    "pixel_spacing", "spacing", "size", "channels", "orig_split",
-})
-_METADATA_PATTERN = re.compile(
-    r"^(orig_|original_)|_(id|width|height|mm|px|spacing|index|count|number|year|fold|split|size)$")
-
-_MAX_AGE = 120.0  # years; above this an age is a data-entry error (NIH has a few)
+_MAX_AGE = 120.0  # years; above this an age is a data-entry error (NIH and RSNA have a few)
 
 
 # ---------------------------------------------------------------------------
@@ -99,27 +81,31 @@ def load_manifest(
     id_column: str | None = None,
     patient_pattern: str | None = None,
     salt: str | None = None,
+    rule: str | None = None,
 ) -> pd.DataFrame:
     """Read a dataset table (or image folder) into a tidy DataFrame.
 
     Parameters
     ----------
     path : str or path-like
-        A CSV file (generic, CheXpert or NIH ``Data_Entry_2017*.csv``), a folder with
-        one subfolder per class, or a folder (searched recursively) of DICOM files.
-        A folder holding ``Data_Entry_2017*.csv``, ``labels.csv`` or exactly one
-        ``*.csv`` is read through that CSV.
-    format : {"auto", "csv", "chexpert", "nih", "folders", "dicom_folder", "images"}, default "auto"
-        ``"auto"`` recognises CSVs by their header (``Image Index`` + ``Finding Labels``
-        -> nih; ``Path`` + a CheXpert finding -> chexpert; ``path`` -> csv) and folders
-        by content (at least two subfolders with PNG/JPEG/TIFF/BMP files -> folders;
-        any DICOM file, recognised by content -> dicom_folder; otherwise any PNG/JPEG/TIFF/BMP
-        file in the folder or below -> images, an unlabelled table for extraction and
-        prediction).
+        A table (``.csv``, ``.csv.gz`` or a ``.zip`` holding one CSV): generic, or a public
+        dataset's (NIH ``Data_Entry_2017*.csv`` or the Google 2019 NIH labels, CheXpert,
+        PadChest, MIMIC-CXR-JPG metadata or label table, RSNA ``stage_2_train_labels.csv``,
+        VinDr-CXR annotations, SIIM-ACR ``train-rle.csv``); or a folder: one holding such a
+        table (``Data_Entry_2017*``, ``labels.csv``, CheXpert's ``train.csv`` + ``valid.csv``,
+        MIMIC's metadata, or the one table a loader recognises), one subfolder per class, images,
+        or DICOM files (searched recursively). Only regular files are ever opened.
+    format : {"auto", "csv", "chexpert", "nih", "padchest", "mimic", "rsna", "vindr", "siim", \
+"folders", "dicom_folder", "images"}, default "auto"
+        ``"auto"`` recognises tables by their header (checked before the body is read; see
+        ``docs/manifests.md``) and folders by content: at least two subfolders with
+        PNG/JPEG/TIFF/BMP files -> folders; any DICOM file, recognised by content ->
+        dicom_folder; otherwise any PNG/JPEG/TIFF/BMP file in the folder or below -> images,
+        an unlabelled table for extraction and prediction.
     root : str or path-like, optional
-        Folder that relative image paths of a CSV are resolved against. Defaults:
-        the CSV's folder (csv, nih), the CSV's parent folder or the CSV's folder,
-        whichever holds the images (chexpert). Not used for folder formats.
+        Folder that relative image paths of a table are resolved against. Default: the
+        table's folder (for CheXpert, its parent when the paths start with the folder's name).
+        Not used for folder formats.
     check_files : bool, default True
         Raise :class:`~cxr_embed.exceptions.MissingFilesError` when image files are
         missing. ``False`` loads the table anyway (the paths are still absolute).
@@ -127,7 +113,9 @@ def load_manifest(
         Generic CSV only: the label columns, overriding auto-detection. Auto-detection
         takes the numeric columns whose non-missing values are all in {1, 0, -1}, that
         have at least one non-missing value, and whose name is not metadata (``age``,
-        ``width``, ``height``, ``follow_up``, ``rows``, ``orig_*``, ``*_id``, ...).
+        ``width``, ``height``, ``follow_up``, ``rows``, ``orig_*``, ``*_id``, ...), nor a
+        DICOM header attribute, nor constant (unless named like a public dataset's finding);
+        one line (a warning when something was passed over) says what it took.
     id_column : str, optional
         Generic CSV only: column whose values become ``image_id``. ``"path"`` derives
         the id from the path (relative to ``root``, image suffix removed), which is also
@@ -141,18 +129,23 @@ def load_manifest(
         ``"dicom_folder"`` only: salt of the patient key (see
         :func:`cxr_embed.io.dicom.patient_key`); default ``$CXR_EMBED_SALT`` or the
         library default. ``patient_id`` is the salted hash, never the raw PatientID.
+    rule : {"any", "majority"}, optional
+        ``"vindr"`` only: an image is positive for a finding when any of its radiologists
+        marked it (``"any"``, the default) or more than half of them did (``"majority"``).
 
     Returns
     -------
     DataFrame of shape (n_images, 3 + n_labels + n_metadata)
         Columns ``image_id``, ``path``, ``patient_id``, the float64 label columns, then
-        metadata. ``df.attrs`` has ``"labels"``, ``"format"``, ``"source"``, ``"root"``.
+        metadata. ``df.attrs`` has ``"labels"``, ``"format"``, ``"source"``, ``"root"``
+        (and ``"rule"`` for VinDr-CXR).
 
     Raises
     ------
     ManifestError
         Unknown format, missing required columns, duplicate image ids, label values
-        outside {1, 0, -1, blank}, an empty table or folder.
+        outside {1, 0, -1, blank}, a control character in an id or path, an empty table
+        or folder, a manifest path that is not a regular file or folder (FIFO, socket, device).
     MissingFilesError
         ``path`` does not exist, or (with ``check_files=True``) images are missing;
         the message lists the first ten and the count.
@@ -166,57 +159,91 @@ def load_manifest(
     >>> df.attrs["labels"], df["image_id"].tolist(), df["effusion"].tolist(), df["age"].tolist()
     (['effusion'], ['a', 'b'], [1.0, nan], [61.0, 62.0])
 
+    A VinDr-CXR box table (one row per radiologist and finding):
+
+    >>> _ = (d / "train.csv").write_text(
+    ...     "image_id,class_name,rad_id,x_min,y_min,x_max,y_max\\n"
+    ...     "img1,Cardiomegaly,R8,1,2,3,4\\nimg1,No finding,R9,,,,\\nimg1,No finding,R10,,,,\\n")
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")  # "VinDr-CXR publishes no patient ids ..."
+    ...     any_ = load_manifest(d / "train.csv", check_files=False)
+    ...     most = load_manifest(d / "train.csv", check_files=False, rule="majority")
+    >>> any_.loc[0, ["cardiomegaly", "no_finding"]].tolist(), most.loc[0, ["cardiomegaly", "no_finding"]].tolist()
+    ([1.0, 0.0], [0.0, 1.0])
+
     The public datasets, where they are on disk:
 
     >>> import cxr_embed
-    >>> df = cxr_embed.load_manifest("CheXpert-v1.0-small/valid.csv")  # doctest: +SKIP
-    >>> df.attrs["labels"][:3]  # doctest: +SKIP
-    ['no_finding', 'enlarged_cardiomediastinum', 'cardiomegaly']
+    >>> df = cxr_embed.load_manifest("CheXpert-v1.0-small")  # doctest: +SKIP
+    >>> df["split"].value_counts().to_dict()  # doctest: +SKIP
+    {'train': 223414, 'valid': 234}
     >>> df = cxr_embed.load_manifest("chest_xray/train", patient_pattern=r"(person\\d+)_")  # doctest: +SKIP
     >>> cxr_embed.summarize_manifest(df)["n_images"]  # doctest: +SKIP
     5216
     """
     source = Path(os.path.abspath(os.fspath(path)))
-    if not source.exists():
+    try:
+        mode = os.stat(source).st_mode
+    except FileNotFoundError as e:
         raise MissingFilesError(
-            f"{source}: manifest path does not exist; expected a CSV file or an image folder")
+            f"{source}: manifest path does not exist; expected a CSV file or an image folder") from e
+    except OSError as e:
+        raise ManifestError(f"{source}: cannot read ({e.strerror}); expected a CSV file or an image folder") from e
     if format not in ("auto", *FORMATS):
         raise ManifestError(
             f"{source}: unknown format {format!r}; supported: 'auto', " + ", ".join(repr(f) for f in FORMATS))
+    if not stat.S_ISDIR(mode):
+        _tables.regular_file(source, "a table (CSV) or an image folder")
+    skipped: set[str] = set()
     if format == "auto":
-        source, format = _detect_format(source)
+        source, format = _detect_format(source, skipped)
         logger.info("%s: detected manifest format %r", source, format)
-    elif format in ("folders", "dicom_folder", "images") and not source.is_dir():
-        raise ManifestError(f"{source}: format {format!r} needs a folder, got a file")
-    elif format in ("csv", "chexpert", "nih") and source.is_dir():
-        source = _csv_in_folder(source)
-        if source is None:
-            raise ManifestError(f"{path}: format {format!r} needs a CSV file, got a folder without one")
+    elif format in _FOLDER_FORMATS:
+        if not source.is_dir():
+            raise ManifestError(f"{source}: format {format!r} needs a folder, got a file")
+    elif source.is_dir():
+        found = _table_in_folder(source, skipped, want=format)
+        if found is None:
+            raise ManifestError(f"{source}: format {format!r} needs a table (.csv, .csv.gz, .zip), got a folder "
+                                f"without one")
+        source = found[0]
 
-    _reject_options(format, labels=labels, id_column=id_column, patient_pattern=patient_pattern, salt=salt)
+    _reject_options(format, labels=labels, id_column=id_column, patient_pattern=patient_pattern, salt=salt,
+                    rule=rule)
     root_path = None if root is None else Path(os.path.abspath(os.fspath(root)))
-    if root_path is not None and format in ("folders", "dicom_folder", "images"):
-        raise ManifestError(f"{source}: root= is only used by CSV formats; format {format!r} reads the folder itself")
+    if root_path is not None and format in _FOLDER_FORMATS:
+        raise ManifestError(f"{source}: root= is only used by CSV formats (tables); format {format!r} reads "
+                            f"the folder itself")
 
     if format == "csv":
         df, root_path, labels_out = _load_generic(source, root_path, labels, id_column)
-    elif format == "chexpert":
-        df, root_path, labels_out = _load_chexpert(source, root_path)
-    elif format == "nih":
-        df, root_path, labels_out = _load_nih(source, root_path)
+    elif format == "vindr":
+        df, root_path, labels_out = _load_vindr(source, root_path, skipped, rule)
+    elif format == "padchest":
+        df, root_path, labels_out = _load_padchest(source, root_path, skipped, labels)
+    elif format in _TABLE_LOADERS:
+        df, root_path, labels_out = _TABLE_LOADERS[format](source, root_path, skipped)
     elif format == "folders":
-        df, root_path, labels_out = _load_folders(source, patient_pattern)
+        df, root_path, labels_out = _load_folders(source, patient_pattern, skipped)
     elif format == "images":
-        df, root_path, labels_out = _load_images(source, patient_pattern)
+        df, root_path, labels_out = _load_images(source, patient_pattern, skipped)
     else:
-        df, root_path, labels_out = _load_dicom_folder(source, salt)
+        df, root_path, labels_out = _load_dicom_folder(source, salt, skipped)
 
     df = _finish(df, labels_out, source=source, check_files=check_files, root=root_path)
+    _tables.warn_skipped(source, skipped)
     df.attrs["labels"] = list(labels_out)
     df.attrs["format"] = format
     df.attrs["source"] = str(source)
     df.attrs["root"] = str(root_path)
+    if format == "vindr":
+        df.attrs["rule"] = rule or VINDR_RULES[0]
     return df
+
+
+_TABLE_LOADERS = {"chexpert": _load_chexpert, "nih": _load_nih, "mimic": _load_mimic,
+                  "rsna": _load_rsna, "siim": _load_siim}
 
 
 def summarize_manifest(df: pd.DataFrame) -> dict[str, Any]:
@@ -232,21 +259,23 @@ def summarize_manifest(df: pd.DataFrame) -> dict[str, Any]:
     -------
     dict
         JSON-serialisable: ``format``, ``source``, ``n_images``, ``n_patients``,
-        ``images_per_patient`` (min/median/max), ``labels`` (per label: ``positive``,
-        ``negative``, ``uncertain``, ``missing``), ``views``, ``frontal_lateral``,
-        ``sex`` (value counts, missing values under ``"missing"``; empty when the
-        column is absent) and ``age`` (min/median/max/missing, or empty).
+        ``images_per_patient`` (min/median/max), ``n_outside_root`` (image paths outside
+        ``attrs["root"]``, e.g. absolute or ``../..`` paths in a CSV; 0 without a root),
+        ``labels`` (per label: ``positive``, ``negative``, ``uncertain``, ``missing``),
+        ``views``, ``frontal_lateral``, ``sex`` (value counts, missing values under
+        ``"missing"``; empty when the column is absent) and ``age`` (min/median/max/missing,
+        or empty).
 
     Examples
     --------
     >>> import pandas as pd
-    >>> df = pd.DataFrame({"image_id": ["a", "b"], "path": ["/a.png", "/b.png"],
+    >>> df = pd.DataFrame({"image_id": ["a", "b"], "path": ["/data/a.png", "/elsewhere/b.png"],
     ...                    "patient_id": ["p1", "p1"], "effusion": [1.0, float("nan")],
     ...                    "view": ["PA", "AP"]})
-    >>> df.attrs["labels"] = ["effusion"]
+    >>> df.attrs.update(labels=["effusion"], root="/data")
     >>> s = summarize_manifest(df)
-    >>> s["n_images"], s["n_patients"], s["labels"]["effusion"]["missing"], s["views"]
-    (2, 1, 1, {'AP': 1, 'PA': 1})
+    >>> s["n_images"], s["n_patients"], s["labels"]["effusion"]["missing"], s["views"], s["n_outside_root"]
+    (2, 1, 1, {'AP': 1, 'PA': 1}, 1)
     """
     for col in ("image_id", "patient_id"):
         if col not in df.columns:
@@ -260,6 +289,7 @@ def summarize_manifest(df: pd.DataFrame) -> dict[str, Any]:
         "n_patients": int(df["patient_id"].nunique()),
         "images_per_patient": ({"min": int(per_patient.min()), "median": float(per_patient.median()),
                                 "max": int(per_patient.max())} if len(df) else {}),
+        "n_outside_root": _outside_root(df),
         "labels": {},
     }
     for name in df.attrs.get("labels", []):
@@ -281,372 +311,119 @@ def summarize_manifest(df: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
+def _outside_root(df: pd.DataFrame) -> int:
+    root = df.attrs.get("root")
+    if not root or root == "None" or "path" not in df.columns:
+        return 0
+    base = os.path.join(os.path.normpath(str(root)), "")
+    paths = df["path"].astype(str).map(os.path.normpath)
+    return int((~paths.str.startswith(base)).sum())
+
+
 # ---------------------------------------------------------------------------
 # format detection
 # ---------------------------------------------------------------------------
-def _detect_format(source: Path) -> tuple[Path, str]:
-    if source.is_dir():
-        csv = _csv_in_folder(source)
-        if csv is not None:
-            return csv, _detect_csv_format(csv)
-        class_dirs = [d for d in _subdirs(source) if _has_raster_image(d)]
-        if len(class_dirs) >= 2:
-            return source, "folders"
-        if _first_dicom(source) is not None:
-            return source, "dicom_folder"
-        if _has_raster_image(source):
-            return source, "images"
-        seen = [p.name + ("/" if p.is_dir() else "") for p in sorted(source.iterdir())[:10]]
-        raise ManifestError(
-            f"{source}: cannot tell the format of this folder (first entries: {seen}); "
-            f"expected a CSV, PNG/JPEG/TIFF images (in class subfolders for labels), or DICOM files; "
-            f"pass format= one of {', '.join(FORMATS)}")
-    return source, _detect_csv_format(source)
-
-
-def _csv_in_folder(folder: Path) -> Path | None:
-    csvs = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".csv")
-    nih = [p for p in csvs if p.name.startswith("Data_Entry_2017")]
-    if len(nih) == 1:
-        return nih[0]
-    named = [p for p in csvs if p.name == "labels.csv"]
-    if named:
-        return named[0]
-    if len(csvs) == 1:
-        return csvs[0]
-    if len(csvs) > 1:
-        raise ManifestError(f"{folder}: holds several CSV files ({', '.join(p.name for p in csvs[:10])}); "
-                            f"pass the one to read, e.g. {csvs[0]}")
+def _format_of(header: Sequence[str]) -> str | None:
+    """The table format a header belongs to, or None."""
+    cols = set(header)
+    findings = any(c in CHEXPERT_LABELS for c in header)
+    if {"Image Index", "Finding Labels"} <= cols:
+        return "nih"
+    if {"ImageID", "ImageDir", "Labels"} <= cols:
+        return "padchest"
+    if {"subject_id", "study_id"} <= cols and ({"dicom_id", "ViewPosition"} <= cols or findings):
+        return "mimic"
+    if "Path" in cols and findings:
+        return "chexpert"
+    if {"patientId", "Target"} <= cols:
+        return "rsna"
+    if {"image_id", "class_name"} <= cols:
+        return "vindr"
+    if {"ImageId", "EncodedPixels"} <= cols:
+        return "siim"
+    if "path" in cols:
+        return "csv"
     return None
 
 
-def _read_header(csv: Path) -> list[str]:
-    try:
-        return list(pd.read_csv(csv, nrows=0, encoding="utf-8-sig").columns)
-    except pd.errors.EmptyDataError as e:
-        raise ManifestError(f"{csv}: the file is empty; expected a CSV with a header row") from e
-    except (UnicodeDecodeError, pd.errors.ParserError) as e:
-        raise ManifestError(f"{csv}: not a readable UTF-8 CSV ({e}); expected a dataset table") from e
+def _detect_table_format(table: Path) -> str:
+    cols = _tables.read_header(table)
+    fmt = _format_of(cols)
+    if fmt is None:
+        raise ManifestError(
+            f"{table}: unknown manifest format; header columns {cols[:12]}; supported: "
+            f"'nih' (Image Index, Finding Labels, Patient ID), 'chexpert' (Path + findings such as Cardiomegaly), "
+            f"'padchest' (ImageID, ImageDir, Labels), 'mimic' (dicom_id, subject_id, study_id, ViewPosition), "
+            f"'rsna' (patientId, Target), 'vindr' (image_id, class_name), 'siim' (ImageId, EncodedPixels), "
+            f"'csv' (path, patient_id, label columns); rename the columns or pass format=")
+    return fmt
 
 
-def _detect_csv_format(csv: Path) -> str:
-    cols = _read_header(csv)
-    if "Image Index" in cols and "Finding Labels" in cols:
-        return "nih"
-    if "Path" in cols and any(c in CHEXPERT_LABELS for c in cols):
-        return "chexpert"
-    if "path" in cols:
-        return "csv"
+def _detect_format(source: Path, skipped: set[str]) -> tuple[Path, str]:
+    if not source.is_dir():
+        return source, _detect_table_format(source)
+    found = _table_in_folder(source, skipped)
+    if found is not None:
+        return found
+    if len([d for d in subdirs(source) if has_raster_image(d, skipped)]) >= 2:
+        return source, "folders"
+    if first_dicom(source, skipped) is not None:
+        return source, "dicom_folder"
+    if has_raster_image(source, skipped):
+        return source, "images"
+    seen = [p.name + ("/" if p.is_dir() else "") for p in sorted(source.iterdir())[:10]]
     raise ManifestError(
-        f"{csv}: unknown manifest format; header columns {cols[:12]}; supported: "
-        f"'nih' (Image Index, Finding Labels, Patient ID), 'chexpert' (Path + findings such as Cardiomegaly), "
-        f"'csv' (path, patient_id, label columns); rename the columns or pass format=")
+        f"{source}: cannot tell the format of this folder (first entries: {seen}); "
+        f"expected a CSV, PNG/JPEG/TIFF images (in class subfolders for labels), or DICOM files; "
+        f"pass format= one of {', '.join(FORMATS)}")
+
+
+def _table_in_folder(folder: Path, skipped: set[str], want: str | None = None) -> tuple[Path, str] | None:
+    """The table (and its format) a folder stands for, or None when it holds no table.
+
+    ``Data_Entry_2017*`` (NIH), then ``labels.csv``, then a CheXpert folder (``train.csv`` +
+    ``valid.csv``: the folder itself), then the only table, then among several the one a loader
+    recognises (for MIMIC-CXR-JPG, the metadata table).
+    """
+    tables = _tables.tables_in(folder, skipped)
+    if not tables:
+        return None
+    nih = [t for t in tables if t.name.startswith("Data_Entry_2017")]
+    if len(nih) == 1 and want in (None, "nih"):
+        return nih[0], "nih"
+    named = [t for t in tables if t.name == "labels.csv"]
+    if named:
+        return named[0], want or _detect_table_format(named[0])
+    if want in (None, "chexpert") and chexpert_tables(folder):
+        fmts = {_format_of(_tables.read_header(t)) for t in chexpert_tables(folder)}
+        if fmts == {"chexpert"}:
+            return folder, "chexpert"
+    if len(tables) == 1:
+        return tables[0], want or _detect_table_format(tables[0])
+    if len(tables) > 50:
+        raise ManifestError(f"{folder}: holds {len(tables)} tables; pass the one to read")
+    headers = {t: _tables.read_header(t) for t in tables}
+    fmts = {t: _format_of(h) for t, h in headers.items()}
+    cands = [t for t in tables if (fmts[t] == want if want else fmts[t] is not None)]
+    if cands and {fmts[t] for t in cands} == {"mimic"}:
+        metadata = [t for t in cands if "dicom_id" in headers[t]]
+        if len(metadata) == 1:
+            return metadata[0], "mimic"
+    if len(cands) == 1:
+        return cands[0], fmts[cands[0]] or want
+    listed = ", ".join(f"{t.name} ({fmts[t] or 'not recognised'})" for t in tables[:10])
+    raise ManifestError(f"{folder}: holds several CSV files ({', '.join(t.name for t in tables[:10])}) and "
+                        f"cannot tell which to read [{listed}]; pass the one to read, e.g. {tables[0]}")
 
 
 def _reject_options(format: str, **options: Any) -> None:
     allowed = {"csv": {"labels", "id_column"}, "folders": {"patient_pattern"}, "images": {"patient_pattern"},
-               "dicom_folder": {"salt"}}.get(format, set())
+               "dicom_folder": {"salt"}, "vindr": {"rule"}, "padchest": {"labels"}}.get(format, set())
     for name, value in options.items():
         if value is not None and name not in allowed:
-            where = {"labels": "format='csv'", "id_column": "format='csv'",
+            where = {"labels": "format='csv' or 'padchest'", "id_column": "format='csv'", "rule": "format='vindr'",
                      "patient_pattern": "format='folders' or 'images'", "salt": "format='dicom_folder'"}[name]
             raise ManifestError(f"{name}= applies to {where} only, but this manifest is {format!r}")
-
-
-# ---------------------------------------------------------------------------
-# readers, one per format; each returns (df, root, label names)
-# ---------------------------------------------------------------------------
-def _read_csv(csv: Path, str_columns: Sequence[str] = ()) -> pd.DataFrame:
-    header = _read_header(csv)
-    dtype = {c: str for c in str_columns if c in header}
-    try:
-        df = pd.read_csv(csv, encoding="utf-8-sig", dtype=dtype, low_memory=False)
-    except pd.errors.ParserError as e:
-        raise ManifestError(f"{csv}: malformed CSV ({e})") from e
-    if len(df) == 0:
-        raise ManifestError(f"{csv}: the table has a header but no rows")
-    return df
-
-
-def _require(df: pd.DataFrame, csv: Path, required: Sequence[str], fmt: str) -> None:
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise ManifestError(f"{csv}: format {fmt!r} needs column(s) {missing}; found {list(df.columns)[:15]}")
-
-
-def _load_generic(csv: Path, root: Path | None, labels: Sequence[str] | None,
-                  id_column: str | None) -> tuple[pd.DataFrame, Path, list[str]]:
-    id_col = id_column if id_column is not None else ("image_id" if "image_id" in _read_header(csv) else "path")
-    raw = _read_csv(csv, str_columns=["path", "patient_id", id_col])
-    _require(raw, csv, ["path", "patient_id"] + ([id_col] if id_col != "path" else []), "csv")
-    root = root if root is not None else csv.parent
-    _check_blank(raw, csv, ["path", "patient_id"] + ([id_col] if id_col != "path" else []))
-    rel = raw["path"].astype(str)
-    abs_paths = [_absolute(root, p) for p in rel]
-    if id_col == "path":
-        ids = [_id_from_path(p, root) for p in rel]
-    else:
-        ids = raw[id_col].astype(str).str.strip().tolist()
-    reserved = {"path", "patient_id", "image_id", id_col}
-
-    if labels is not None:
-        labels = list(labels)
-        unknown = [c for c in labels if c not in raw.columns]
-        if unknown:
-            raise ManifestError(f"{csv}: labels= names column(s) {unknown} that the CSV lacks; "
-                                f"columns: {list(raw.columns)[:20]}")
-        clash = [c for c in labels if c in reserved]
-        if clash:
-            raise ManifestError(f"{csv}: labels= names reserved column(s) {clash}; they cannot be labels")
-    else:
-        labels = [c for c in raw.columns if c not in reserved and _looks_like_label(c, raw[c])]
-        logger.info("%s: auto-detected label columns %s", csv, labels)
-
-    out = pd.DataFrame({"image_id": ids, "path": abs_paths, "patient_id": raw["patient_id"].astype(str).str.strip()})
-    for c in labels:
-        out[c] = _label_values(raw[c], csv, c)
-    meta = raw.drop(columns=[c for c in raw.columns if c in reserved or c in labels])
-    if id_col != "image_id" and "image_id" in raw.columns:  # overridden, but kept for reference
-        meta.insert(0, "source_image_id", raw["image_id"].astype(str))
-    meta = meta.rename(columns={c: c.lower() for c in meta.columns
-                                if c.lower() in ("sex", "age", "view") and c.lower() not in meta.columns})
-    out = pd.concat([out, meta.reset_index(drop=True)], axis=1)
-    if id_col != "path" and out["image_id"].duplicated().any():
-        dup = _duplicates(out["image_id"])
-        hint = (" the paths are unique, so id_column='path' derives ids from them"
-                if not out["path"].duplicated().any() else " fix the table")
-        raise ManifestError(f"{csv}: column {id_col!r} has duplicate image ids ({dup}); image ids must be "
-                            f"unique;{hint}")
-    return out, root, labels
-
-
-def _load_chexpert(csv: Path, root: Path | None) -> tuple[pd.DataFrame, Path, list[str]]:
-    raw = _read_csv(csv, str_columns=["Path"])
-    _require(raw, csv, ["Path"], "chexpert")
-    _check_blank(raw, csv, ["Path"])
-    findings = [c for c in CHEXPERT_LABELS if c in raw.columns]
-    if not findings:
-        raise ManifestError(f"{csv}: format 'chexpert' needs finding columns such as "
-                            f"{list(CHEXPERT_LABELS)[:4]}; found {list(raw.columns)[:15]}")
-    rel = raw["Path"].astype(str).tolist()
-    if root is None:
-        root = _chexpert_root(csv, rel)
-    found = raw["Path"].astype(str).str.extract(r"(?:^|[/\\])(patient\d+)(?=[/\\])", expand=False)
-    patients = np.array(found.astype(object), dtype=object)
-    for i in np.flatnonzero(found.isna().to_numpy()):  # not the official layout: the grandparent folder
-        parts = [s for s in rel[i].replace("\\", "/").split("/") if s]
-        if len(parts) < 3:
-            raise ManifestError(f"{csv}: cannot take a patient id from Path {rel[i]!r} (CSV line {i + 2}); "
-                                f"expected .../patientNNNNN/studyN/viewN_frontal.jpg")
-        patients[i] = parts[-3]
-    out = pd.DataFrame({"image_id": [_id_from_path(p, None) for p in rel],
-                        "path": [_absolute(root, p) for p in rel],
-                        "patient_id": patients})
-    for c in findings:
-        out[CHEXPERT_LABELS[c]] = _label_values(raw[c], csv, c)
-    if "Sex" in raw.columns:
-        out["sex"] = raw["Sex"].to_numpy()
-    if "Age" in raw.columns:
-        out["age"] = raw["Age"].to_numpy()
-    if "Frontal/Lateral" in raw.columns:
-        out["frontal_lateral"] = raw["Frontal/Lateral"].to_numpy()
-    if "AP/PA" in raw.columns:
-        out["view"] = raw["AP/PA"].to_numpy()
-    known = {"Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *findings}
-    for c in raw.columns:
-        if c not in known:
-            out[_snake(c)] = raw[c].to_numpy()
-    return out, root, [CHEXPERT_LABELS[c] for c in findings]
-
-
-def _chexpert_root(csv: Path, rel: list[str]) -> Path:
-    first = rel[0].replace("\\", "/").lstrip("./").split("/")[0] if rel else ""
-    candidates = [csv.parent.parent, csv.parent] if first == csv.parent.name else [csv.parent, csv.parent.parent]
-    sample = rel[:5]
-    for cand in candidates:
-        if any(os.path.isfile(_absolute(cand, p)) for p in sample):
-            return cand
-    return candidates[0]
-
-
-def _load_nih(csv: Path, root: Path | None) -> tuple[pd.DataFrame, Path, list[str]]:
-    raw = _read_csv(csv, str_columns=["Image Index", "Patient ID", "Finding Labels"])
-    _require(raw, csv, ["Image Index", "Finding Labels", "Patient ID"], "nih")
-    _check_blank(raw, csv, ["Image Index", "Finding Labels", "Patient ID"])
-    root = root if root is not None else csv.parent
-    index = _nih_image_index(root)
-    names = raw["Image Index"].astype(str).str.strip().tolist()
-    paths = [index.get(n, os.path.join(str(root), "images", n)) for n in names]
-    vocab = {lab.replace("_", " "): lab for lab in NIH_LABELS}
-    y = np.zeros((len(raw), len(NIH_LABELS)), dtype=float)
-    col_of = {lab: j for j, lab in enumerate(NIH_LABELS)}
-    bad: dict[str, list[int]] = {}
-    for i, s in enumerate(raw["Finding Labels"].astype(str)):
-        for token in s.split("|"):
-            key = token.strip().lower().replace("_", " ")
-            lab = vocab.get(key)
-            if lab is None:
-                bad.setdefault(token.strip(), []).append(i + 2)
-            else:
-                y[i, col_of[lab]] = 1.0
-    if bad:
-        desc = "; ".join(f"{t!r} on CSV lines {v[:10]}" for t, v in list(bad.items())[:5])
-        raise ManifestError(f"{csv}: column 'Finding Labels' has values outside the NIH vocabulary ({desc}); "
-                            f"expected '|'-separated names among No Finding, "
-                            + ", ".join(lab.replace('_', ' ').title() for lab in NIH_LABELS[1:]))
-    out = pd.DataFrame({"image_id": [_id_from_path(n, None) for n in names], "path": paths,
-                        "patient_id": raw["Patient ID"].astype(str).str.strip()})
-    for j, lab in enumerate(NIH_LABELS):
-        out[lab] = y[:, j]
-    rename = {"Patient Age": "age", "Patient Gender": "sex", "View Position": "view",
-              "Follow-up #": "follow_up", "OriginalImage[Width": "orig_width", "Height]": "orig_height",
-              "OriginalImagePixelSpacing[x": "orig_pixel_spacing_x", "y]": "orig_pixel_spacing_y",
-              "Finding Labels": "finding_labels"}
-    for c in raw.columns:
-        if c in ("Image Index", "Patient ID") or c.startswith("Unnamed:"):
-            continue
-        out[rename.get(c, _snake(c))] = raw[c].to_numpy()
-    return out, root, list(NIH_LABELS)
-
-
-def _nih_image_index(root: Path) -> dict[str, str]:
-    """Map file name -> absolute path over root, root/images, root/images_*/ and root/images_*/images."""
-    folders = [root, root / "images"]
-    if root.is_dir():
-        for d in sorted(root.glob("images_*")):
-            folders += [d, d / "images"]
-    index: dict[str, str] = {}
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        with os.scandir(folder) as it:
-            for entry in it:
-                if entry.is_file() and entry.name not in index:
-                    index[entry.name] = os.path.abspath(entry.path)
-    logger.debug("%s: indexed %d files for NIH image lookup", root, len(index))
-    return index
-
-
-def _image_rows(folder: Path, files: list[Path], patient_pattern: str | None) -> list[tuple[str, str, str]]:
-    """(image_id, absolute path, patient_id) of image files under ``folder``.
-
-    The id is the path relative to ``folder`` without suffix; the patient is the first group
-    (or the group named ``patient``) of ``patient_pattern`` searched in the file name, else the id.
-    """
-    regex = None
-    if patient_pattern is not None:
-        try:
-            regex = re.compile(patient_pattern)
-        except re.error as e:
-            raise ManifestError(f"patient_pattern={patient_pattern!r} is not a valid regular expression: {e}") from e
-        if regex.groups < 1:
-            raise ManifestError(f"patient_pattern={patient_pattern!r} needs a capturing group, e.g. r'(person\\d+)_'")
-    rows, unmatched = [], []
-    for f in files:
-        image_id = _id_from_path(f.relative_to(folder).as_posix(), None)
-        pid = image_id
-        if regex is not None:
-            m = regex.search(f.name)
-            if m is None:
-                unmatched.append(f.relative_to(folder).as_posix())
-                continue
-            pid = m.group("patient") if "patient" in regex.groupindex else m.group(1)
-        rows.append((image_id, os.path.abspath(f), pid))
-    if unmatched:
-        raise ManifestError(f"{folder}: patient_pattern={patient_pattern!r} matches no patient id in "
-                            f"{len(unmatched)} file name(s), e.g. {unmatched[:10]}; widen the pattern "
-                            f"(e.g. r'(person\\d+|IM-\\d+)') or leave it out to use one patient per image")
-    return rows
-
-
-def _load_images(folder: Path, patient_pattern: str | None) -> tuple[pd.DataFrame, Path, list[str]]:
-    """An unlabelled folder (searched recursively) of PNG/JPEG/TIFF/BMP images, for extraction and prediction."""
-    files = [f for f in _walk(folder) if f.suffix.lower() in _RASTER_SUFFIXES]
-    if not files:
-        raise ManifestError(f"{folder}: format 'images' expects image files "
-                            f"({', '.join(sorted(_RASTER_SUFFIXES))}) in the folder or its subfolders; found none")
-    if patient_pattern is None:
-        logger.info("%s: no patient_pattern, so every image is its own patient", folder)
-    out = pd.DataFrame(_image_rows(folder, files, patient_pattern), columns=["image_id", "path", "patient_id"])
-    return out, folder, []
-
-
-def _load_folders(folder: Path, patient_pattern: str | None) -> tuple[pd.DataFrame, Path, list[str]]:
-    class_dirs = [d for d in _subdirs(folder) if _files(d, _IMAGE_SUFFIXES)]
-    if not class_dirs:
-        raise ManifestError(f"{folder}: format 'folders' expects one subfolder per class holding images "
-                            f"({', '.join(sorted(_IMAGE_SUFFIXES))}); found none")
-    label_of = {}
-    for d in class_dirs:
-        name = _snake(d.name)
-        if name in label_of.values():
-            raise ManifestError(f"{folder}: class folders {d.name!r} and "
-                                f"{[k for k, v in label_of.items() if v == name][0]!r} both map to label {name!r}")
-        label_of[d.name] = name
-    files = [(f, d.name) for d in class_dirs for f in _files(d, _IMAGE_SUFFIXES)]
-    rows = [(*r, cls) for r, (_, cls) in zip(_image_rows(folder, [f for f, _ in files], patient_pattern), files)]
-    out = pd.DataFrame(rows, columns=["image_id", "path", "patient_id", "label"])
-    labels = list(label_of.values())
-    for cls, name in label_of.items():
-        out[name] = (out["label"] == cls).astype(float)
-    out = out[["image_id", "path", "patient_id", *labels, "label"]]
-    return out, folder, labels
-
-
-def _load_dicom_folder(folder: Path, salt: str | None) -> tuple[pd.DataFrame, Path, list[str]]:
-    from . import dicom as _dicom  # sibling module; pydicom loads with it
-
-    rows, no_image, unreadable = [], [], []
-    for f in _walk(folder):
-        if not _dicom.is_dicom(f):
-            continue
-        rel = f.relative_to(folder).as_posix()
-        try:
-            meta = _dicom.read_dicom_meta(f, salt=salt)
-        except ImageReadError as e:
-            unreadable.append(f"{rel} ({e.reason})")
-            continue
-        if not meta.get("rows") or not meta.get("columns"):
-            no_image.append(rel)
-            continue
-        image_id = _id_from_path(rel, None)
-        spacing = meta.get("pixel_spacing") or (None, None)
-        rows.append({
-            "image_id": image_id,
-            "path": os.path.abspath(f),
-            "patient_id": meta.get("patient_key"),
-            "modality": meta.get("modality"),
-            "view": meta.get("view_position"),
-            "sex": meta.get("sex"),
-            "age": meta.get("age_years"),
-            "laterality": meta.get("laterality"),
-            "body_part": meta.get("body_part"),
-            "photometric_interpretation": meta.get("photometric_interpretation"),
-            "transfer_syntax": meta.get("transfer_syntax"),
-            "rows": meta.get("rows"),
-            "columns": meta.get("columns"),
-            "bits_stored": meta.get("bits_stored"),
-            "n_frames": meta.get("number_of_frames"),
-            "pixel_spacing_row_mm": spacing[0],
-            "pixel_spacing_col_mm": spacing[1],
-        })
-    if no_image:
-        warnings.warn(f"{folder}: skipped {len(no_image)} DICOM file(s) without an image (no Rows/Columns: "
-                      f"structured report, presentation state, DICOMDIR ...), e.g. {no_image[:5]}", stacklevel=3)
-    if unreadable:
-        warnings.warn(f"{folder}: skipped {len(unreadable)} unreadable DICOM file(s), e.g. {unreadable[:3]}; "
-                      f"re-copy or re-export them", stacklevel=3)
-    if not rows:
-        raise ManifestError(f"{folder}: no DICOM image found (files are recognised by content: "
-                            f"128-byte preamble + 'DICM'); check the folder or pass another format")
-    out = pd.DataFrame(rows)
-    no_key = out["patient_id"].isna()
-    if no_key.any():
-        warnings.warn(f"{folder}: {int(no_key.sum())} DICOM file(s) have no PatientID; each is treated as its "
-                      f"own patient (patient_id = image_id), e.g. {out.loc[no_key, 'image_id'].tolist()[:5]}",
-                      stacklevel=3)
-        out.loc[no_key, "patient_id"] = out.loc[no_key, "image_id"]
-    return out, folder, []
 
 
 # ---------------------------------------------------------------------------
@@ -657,96 +434,99 @@ def _finish(df: pd.DataFrame, labels: Sequence[str], *, source: Path, check_file
     if len(df) == 0:
         raise ManifestError(f"{source}: the manifest holds no images")
     df = df.reset_index(drop=True)
-    df["image_id"] = df["image_id"].astype(str)
-    df["path"] = df["path"].astype(str)
-    df["patient_id"] = df["patient_id"].astype(str)
+    for col in ("image_id", "path", "patient_id"):
+        if pd.api.types.infer_dtype(df[col], skipna=False) != "string":
+            df[col] = df[col].astype(str)
+    _check_printable(df, source)
     if df["image_id"].duplicated().any():
-        raise ManifestError(f"{source}: duplicate image ids ({_duplicates(df['image_id'])}); "
+        raise ManifestError(f"{source}: duplicate image ids ({_tables.duplicates(df['image_id'])}); "
                             f"each image must appear once; remove the repeated rows")
     if df["path"].duplicated().any():
         raise ManifestError(f"{source}: the same image file is listed under several image ids "
-                            f"({_duplicates(df['path'])}); one file must be one row, or its embedding would "
+                            f"({_tables.duplicates(df['path'])}); one file must be one row, or its embedding would "
                             f"sit on both sides of a split; remove the repeated rows")
     if "sex" in df.columns:
         df["sex"] = _normalise_sex(df["sex"])
     if "age" in df.columns:
         df["age"] = _normalise_age(df["age"], source)
     if "view" in df.columns:
-        df["view"] = _normalise_text(df["view"]).str.upper()
+        df["view"] = _map_unique(df["view"], _view_code)
+        implied = _map_unique(df["view"], lambda v: "frontal" if v in FRONTAL_VIEWS else
+                              "lateral" if v in LATERAL_VIEWS else np.nan)
     if "frontal_lateral" in df.columns:
-        df["frontal_lateral"] = _normalise_text(df["frontal_lateral"]).str.lower()
+        df["frontal_lateral"] = _map_unique(df["frontal_lateral"], lambda v: _text(v).lower()
+                                            if isinstance(_text(v), str) else np.nan)
+        if "view" in df.columns:
+            conflict = (implied.notna() & df["frontal_lateral"].notna() & (implied != df["frontal_lateral"]))
+            df["view_conflict"] = conflict.to_numpy(dtype=bool)
+            if conflict.any():
+                pairs = (df.loc[conflict, "frontal_lateral"] + " + " + df.loc[conflict, "view"]).value_counts()
+                _tables.warn(f"{source}: {int(conflict.sum())} image(s) whose view code contradicts their "
+                             f"frontal/lateral field ({dict(pairs.head(5))}); flagged in column "
+                             f"'view_conflict'; check them before filtering by view")
     elif "view" in df.columns:
-        fl = {"PA": "frontal", "AP": "frontal", "LL": "lateral", "RL": "lateral",
-              "LAT": "lateral", "LATERAL": "lateral"}
-        df["frontal_lateral"] = df["view"].map(fl)
-    for c in labels:
-        df[c] = df[c].astype(float)
+        df["frontal_lateral"] = implied
+    convert = {c: np.float64 for c in labels if df[c].dtype != np.float64}
+    if convert:
+        df = df.astype(convert)
     if check_files:
         missing = [p for p in df["path"] if not os.path.isfile(p)]
         if missing:
             raise MissingFilesError(
-                f"{source}: {len(missing)} of {len(df)} image file(s) do not exist, e.g. {missing[:10]}; "
-                f"image paths were resolved against root={root}; fix: pass root= the folder the paths are "
-                f"relative to, or check_files=False to load the table anyway")
+                f"{source}: {len(missing)} of {len(df)} image file(s) do not exist (or are not regular files), "
+                f"e.g. {missing[:10]}; image paths were resolved against root={root}; fix: pass root= the folder "
+                f"the paths are relative to, or check_files=False to load the table anyway")
     return df
 
 
-def _looks_like_label(name: str, col: pd.Series) -> bool:
-    low = name.lower()
-    if low in _METADATA_NAMES or _METADATA_PATTERN.search(low):
-        return False
-    if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
-        return False
-    values = pd.to_numeric(col, errors="coerce").dropna()
-    return len(values) > 0 and bool(values.isin([0, 1, -1]).all())
+def _check_printable(df: pd.DataFrame, source: Path) -> None:
+    """Safety net after every loader: no control character in ids or paths (file names included)."""
+    for col in ("image_id", "path", "patient_id"):
+        rows = _tables.control_rows(df[col])
+        if not len(rows):
+            continue
+        raise ManifestError(f"{source}: {col} holds a control character (NUL, tab, newline ...) in "
+                            f"{len(rows)} row(s), e.g. {df[col].iloc[rows[0]]!r}; ids and paths must be "
+                            f"printable text; rename those files or fix the table")
 
 
-def _label_values(col: pd.Series, csv: Path, name: str) -> np.ndarray:
-    """Float array with 1/0/-1/NaN, or ManifestError naming bad values and CSV lines."""
-    if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
-        num = np.array(col, dtype=float)
-        blank = np.isnan(num)
-    else:
-        text = col.astype("string").str.strip()
-        blank = col.isna().to_numpy() | (text == "").fillna(True).to_numpy()
-        num = np.array(pd.to_numeric(col.where(~blank), errors="coerce"), dtype=float)
-    bad = ~blank & ~np.isin(num, [0.0, 1.0, -1.0])
-    if bad.any():
-        rows = np.flatnonzero(bad)
-        values = list(dict.fromkeys(str(v) for v in col.to_numpy()[rows]))
-        raise ManifestError(
-            f"{csv}: label column {name!r} has values outside {{1, 0, -1, blank}}: {values[:5]} on CSV line(s) "
-            f"{[int(r) + 2 for r in rows[:10]]}" + (f" ({len(rows)} rows in all)" if len(rows) > 10 else "")
-            + "; fix the values, or (generic CSV) pass labels= without this column")
-    num[blank] = np.nan
-    return num
+def _map_unique(col: pd.Series, func) -> pd.Series:
+    """``col.map(func)`` computed once per distinct value (missing values map through ``func(None)``)."""
+    codes, uniques = pd.factorize(col, use_na_sentinel=True)
+    mapped = np.array([func(u) for u in uniques] + [func(None)], dtype=object)
+    return pd.Series(mapped[codes], index=col.index, dtype=object)
 
 
-def _check_blank(df: pd.DataFrame, csv: Path, columns: Sequence[str]) -> None:
-    for c in columns:
-        blank = df[c].isna() | (df[c].astype("string").str.strip() == "")
-        if blank.any():
-            rows = np.flatnonzero(blank.to_numpy())
-            raise ManifestError(f"{csv}: column {c!r} is blank on CSV line(s) {[int(r) + 2 for r in rows[:10]]}"
-                                f" ({len(rows)} in all); every row needs a value")
+def _text(v: Any) -> Any:
+    """Stripped text, NaN for missing or blank."""
+    if isinstance(v, str):
+        v = v.strip()
+        return v if v else np.nan
+    return np.nan if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else str(v)
 
 
-def _normalise_text(col: pd.Series) -> pd.Series:
-    s = col.astype("string").str.strip()
-    return s.mask(s == "").astype(object).where(lambda x: x.notna(), np.nan)
+def _view_code(v: Any) -> Any:
+    v = _text(v)
+    if not isinstance(v, str):
+        return np.nan
+    v = re.sub(r"\s+", " ", v).upper()
+    return np.nan if v in ("NAN", "NONE", "NULL") else v
 
 
 def _normalise_sex(col: pd.Series) -> pd.Series:
     table = {"m": "M", "male": "M", "f": "F", "female": "F", "o": "O", "other": "O"}
-    return _normalise_text(col).map(lambda v: table.get(str(v).lower(), np.nan) if isinstance(v, str) else np.nan)
+    return _map_unique(col, lambda v: table.get(_text(v).lower(), np.nan) if isinstance(_text(v), str) else np.nan)
 
 
 def _normalise_age(col: pd.Series, source: Path) -> pd.Series:
-    years = col.map(_parse_age).astype(float)
+    if pd.api.types.is_numeric_dtype(col):
+        years = col.astype(float)
+    else:
+        years = _map_unique(col, _parse_age).astype(float)
     bad = years > _MAX_AGE
     if bad.any():
-        warnings.warn(f"{source}: {int(bad.sum())} age value(s) above {_MAX_AGE:g} years set to missing "
-                      f"(data-entry errors; NIH ChestX-ray14 has a few)", stacklevel=4)
+        _tables.warn(f"{source}: {int(bad.sum())} age value(s) above {_MAX_AGE:g} years set to missing "
+                     f"(data-entry errors; NIH ChestX-ray14 and RSNA have a few)")
         years[bad] = np.nan
     return years
 
@@ -765,62 +545,6 @@ def _parse_age(v: Any) -> float:
     return {"": n, "Y": n, "M": n / 12.0, "W": n * 7 / 365.25, "D": n / 365.25}[m.group(2)]
 
 
-# ---------------------------------------------------------------------------
-# small helpers
-# ---------------------------------------------------------------------------
-def _absolute(root: Path, p: str) -> str:
-    p = os.path.expanduser(str(p).strip())
-    return os.path.normpath(p if os.path.isabs(p) else os.path.join(str(root), p))
-
-
-def _id_from_path(p: str, root: Path | None) -> str:
-    """Posix path relative to root (when under it), normalised, without an image suffix."""
-    p = str(p).strip().replace("\\", "/")
-    if root is not None and os.path.isabs(p):
-        rel = os.path.relpath(p, root)
-        if not rel.startswith(".."):
-            p = rel.replace("\\", "/")
-    p = posixpath.normpath(p)
-    stem, suffix = posixpath.splitext(p)
-    return stem if suffix.lower() in _IMAGE_SUFFIXES else p
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"[^0-9a-z]+", "_", str(name).strip().lower()).strip("_") or "unnamed"
-
-
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith((".", "__")))
-
-
-def _walk(folder: Path):
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__")))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                yield Path(dirpath) / name
-
-
-def _files(folder: Path, suffixes: frozenset[str]) -> list[Path]:
-    return [f for f in _walk(folder) if f.suffix.lower() in suffixes]
-
-
-def _has_raster_image(folder: Path) -> bool:
-    return any(f.suffix.lower() in _RASTER_SUFFIXES for f in _walk(folder))
-
-
-def _first_dicom(folder: Path) -> Path | None:
-    from . import dicom as _dicom
-
-    return next((f for f in _walk(folder) if _dicom.is_dicom(f)), None)
-
-
-def _duplicates(ids: pd.Series) -> str:
-    dup = ids[ids.duplicated(keep=False)]
-    examples = list(dict.fromkeys(dup.tolist()))
-    return f"{len(examples)} id(s) repeated, e.g. {examples[:5]}"
-
-
 def _value_counts(col: pd.Series) -> dict[str, int]:
     counts = col.astype(object).where(col.notna(), "missing").astype(str).value_counts()
     return {str(k): int(v) for k, v in sorted(counts.items())}
@@ -828,5 +552,3 @@ def _value_counts(col: pd.Series) -> dict[str, int]:
 
 def _num(v: Any) -> float | None:
     return None if pd.isna(v) else float(v)
-
-

@@ -318,6 +318,19 @@ class GroupedPipeline(Pipeline):
 
 
 # --------------------------------------------------------------------------- fitting helpers
+def _check_X(est: Any, X: Any, *, reset: bool, **kwargs: Any) -> Any:
+    """``validate_data``, except that a DataFrame (embeddings beside clinical columns, see
+    :mod:`cxr_embed.learn.clinical`) passes through whole, so its column names reach the pipeline."""
+    if not (hasattr(X, "columns") and hasattr(X, "iloc")):
+        return validate_data(est, X, reset=reset, **kwargs)
+    names = np.asarray([str(c) for c in X.columns], dtype=object)
+    if reset:
+        est.n_features_in_, est.feature_names_in_ = X.shape[1], names
+    elif X.shape[1] != est.n_features_in_:
+        raise ValueError(f"X has {X.shape[1]} columns but {type(est).__name__} was fitted with {est.n_features_in_}")
+    return X
+
+
 def _final_step(est: Any) -> Any:
     return est.steps[-1][1] if isinstance(est, Pipeline) else est
 
@@ -437,7 +450,10 @@ class GroupedSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
             raise ValueError(f"search must be 'grid' or 'random'; got {self.search!r}")
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
-        X, y = validate_data(self, X, y, ensure_all_finite=False, ensure_min_samples=2, dtype=None)
+        if hasattr(X, "iloc") and hasattr(X, "columns"):  # a clinical frame keeps its columns
+            X, y = _check_X(self, X, reset=True), np.asarray(y)
+        else:
+            X, y = validate_data(self, X, y, ensure_all_finite=False, ensure_min_samples=2, dtype=None)
         check_classification_targets(y)
         y_arr = np.asarray(y)
         if groups is None:
@@ -560,7 +576,7 @@ def _base_classifier(name: str, *, class_weight: Any, n_jobs: int | None, random
 def make_classifier(name: str, *, search: str | None = None, cv: Any = 5, n_iter: int = 20,
                     n_jobs: int | None = None, random_state: Any = None, class_weight: Any = "balanced",
                     pca: Any = None, scale: bool | None = None, param_space: dict | None = None,
-                    **params: Any) -> Any:
+                    clinical: Any = None, **params: Any) -> Any:
     """A named, unfitted scikit-learn classifier for embeddings, optionally with a grouped search.
 
     =========================  ===========================================================
@@ -602,6 +618,12 @@ def make_classifier(name: str, *, search: str | None = None, cv: Any = 5, n_iter
         Force the StandardScaler on or off (default: on for distance/linear models).
     param_space : dict, optional
         Replaces the default search space.
+    clinical : sequence of str, optional
+        Clinical columns used beside the embeddings: the estimator then takes a DataFrame from
+        :func:`cxr_embed.learn.clinical.clinical_frame`, and a
+        :class:`~cxr_embed.learn.clinical.ClinicalFeatures` step (named ``"features"``; scaling,
+        imputation, one-hot, and ``pca`` of the embedding block only) replaces ``scale``/``pca``,
+        fitted inside each training fold. ``[]`` takes the frame with the embeddings alone.
     **params
         Parameters of the classifier step, e.g. ``C=0.1`` or ``n_estimators=500``
         (for the calibrated SVMs they reach the inner SVM); keys with ``__`` are set
@@ -628,9 +650,14 @@ def make_classifier(name: str, *, search: str | None = None, cv: Any = 5, n_iter
     if class_weight is not None and key in ("knn", "mlp"):
         logger.info("%s has no class_weight; class_weight=%r is ignored", key, class_weight)
     steps = []
-    if (wants_scaling if scale is None else scale):
+    if clinical is not None:
+        from .clinical import ClinicalFeatures
+
+        steps.append(("features", ClinicalFeatures([clinical] if isinstance(clinical, str) else list(clinical),
+                                                   pca=pca, random_state=random_state)))
+    elif (wants_scaling if scale is None else scale):
         steps.append(("scale", StandardScaler()))
-    if pca is not None:
+    if pca is not None and clinical is None:
         steps.append(("pca", PCA(n_components=pca, random_state=random_state)))
     steps.append(("clf", base))
     pipe = GroupedPipeline(steps)
@@ -726,7 +753,7 @@ class MultiLabelClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         policy = normalize_policy(self.policy)
         if Y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
-        X = validate_data(self, X, ensure_all_finite=False)
+        X = _check_X(self, X, reset=True, ensure_all_finite=False)
         if hasattr(Y, "columns"):
             names = [str(c) for c in Y.columns]
         elif getattr(Y, "name", None) is not None and np.ndim(Y) == 1:  # a named Series
@@ -798,7 +825,7 @@ class MultiLabelClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         proba : ndarray of shape (n_samples, n_labels)
         """
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, ensure_all_finite=False)
+        X = _check_X(self, X, reset=False, ensure_all_finite=False)
         return np.column_stack([self._positive(e, X) for e in self.estimators_])
 
     def predict(self, X: Any) -> np.ndarray:

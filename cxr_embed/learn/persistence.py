@@ -24,7 +24,18 @@ detect corruption and accidental edits, not malice: whoever can change the pickl
 can change ``bundle.json`` too. To detect tampering, sign bundles with a secret
 ``key=`` (HMAC-SHA256 over the metadata, which includes every file's checksum) and
 pass the same key to :func:`load_model`; an unsigned or wrongly signed bundle is
-then refused before anything is unpickled.
+then refused before anything is unpickled. A signed bundle loaded **without** a key
+is refused too, unless the caller says ``trust_unsigned=True``.
+
+Metadata integrity (format version 2): ``bundle.json`` carries ``meta_sha256``, the
+SHA-256 of the canonical JSON of all its other fields (except ``hmac``), so an edited
+label list or fingerprint is refused; every field's type is validated; every file
+entry must be a plain name inside the bundle folder (a regular file, not a link).
+Bundles of format version 1 (no ``meta_sha256``) still load, with a warning.
+
+Overwriting: ``save_model(..., overwrite=True)`` replaces only a directory that is
+recognisably a bundle (a ``bundle.json`` of this format and nothing but the regular
+files save_model writes); anything else raises :class:`~cxr_embed.NotOurFileError` and is left alone.
 """
 from __future__ import annotations
 
@@ -34,9 +45,13 @@ import hashlib
 import hmac as _hmac
 import json
 import logging
+import os
+import re
 import shutil
+import stat
 import sys
 import tempfile
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,17 +60,20 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._utils import sha256_file, sha256_text, stable_json
-from ..exceptions import BundleIntegrityError, FingerprintMismatchError
+from ..exceptions import BundleIntegrityError, CxrEmbedError, FingerprintMismatchError, NotOurFileError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelBundle", "load_model", "manifest_hash", "save_model"]
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "cxr_embed.model_bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta_sha256 over bundle.json; 1 still loads (with a warning)
 _META = "bundle.json"
 _PICKLE = "estimator.joblib"
 _METRICS = "metrics.json"
+_KNOWN_NAME = re.compile(r"^(bundle\.json|estimator\.joblib|metrics\.json|xgboost_\d+\.json)$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_MAX_META_BYTES = 16 << 20
 
 # Module paths before the 0.2 layout (CHANGELOG.md) -> today's, for estimators pickled by 0.1.
 # Only modules whose classes can sit inside a fitted estimator are listed.
@@ -150,6 +168,11 @@ def _xgboost_models(estimator: Any) -> list[Any]:
     return found
 
 
+def _meta_digest(meta: dict) -> str:
+    """SHA-256 of the canonical JSON of every metadata field but ``meta_sha256`` and ``hmac``."""
+    return sha256_text(stable_json({k: v for k, v in meta.items() if k not in ("meta_sha256", "hmac")}))
+
+
 def _signature(meta: dict, key: bytes | str) -> str:
     body = stable_json({k: v for k, v in meta.items() if k != "hmac"})
     k = key.encode("utf-8") if isinstance(key, str) else bytes(key)
@@ -185,7 +208,8 @@ def save_model(path: Any, estimator: Any, *, labels: Sequence[str] | str, backbo
     key : bytes or str, optional
         Secret for an HMAC-SHA256 signature (see the module's trust boundary).
     overwrite : bool, default=False
-        Replace an existing bundle at ``path``.
+        Replace an existing **bundle** at ``path``: a directory holding a ``bundle.json`` of this
+        format and nothing but the files save_model writes. Anything else is never deleted.
 
     Returns
     -------
@@ -195,6 +219,9 @@ def save_model(path: Any, estimator: Any, *, labels: Sequence[str] | str, backbo
     ------
     FileExistsError
         If ``path`` exists and ``overwrite`` is False.
+    NotOurFileError
+        ``overwrite=True`` but ``path`` is not recognisably a bundle (a file, a link, a folder
+        with other content); also a ``FileExistsError``.
 
     Examples
     --------
@@ -211,11 +238,15 @@ def save_model(path: Any, estimator: Any, *, labels: Sequence[str] | str, backbo
 
     check_is_fitted(estimator)
     path = Path(path)
-    if path.exists() and not overwrite:
+    if os.path.lexists(path) and not overwrite:
         raise FileExistsError(f"{path}: a bundle (or file) already exists; pass overwrite=True or choose another path")
+    if os.path.lexists(path):
+        _check_overwritable(path)
     labels = [labels] if isinstance(labels, str) else [str(v) for v in labels]
+    if not labels:
+        raise BundleIntegrityError(f"{path}: labels must name at least one output; got none")
     if not isinstance(backbone_fingerprint, str) or not backbone_fingerprint:
-        raise ValueError(f"backbone_fingerprint must be a non-empty str; got {backbone_fingerprint!r}")
+        raise BundleIntegrityError(f"backbone_fingerprint must be a non-empty str; got {backbone_fingerprint!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
@@ -246,17 +277,65 @@ def save_model(path: Any, estimator: Any, *, labels: Sequence[str] | str, backbo
             "xgboost_models": xgb_files,
             "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir())},
         }
+        meta["meta_sha256"] = _meta_digest(meta)
         if key is not None:
             meta["hmac"] = _signature(meta, key)
         (tmp / _META).write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
-        if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        tmp.rename(path)
+        if os.path.lexists(path):
+            _check_overwritable(path)
+            _replace_bundle(path, tmp)
+        else:
+            tmp.rename(path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder
         raise
     logger.info("saved model bundle %s (%s, labels %s)", path, meta["estimator_class"], labels)
     return path
+
+
+def _check_overwritable(path: Path) -> None:
+    """Raise :class:`NotOurFileError` unless ``path`` is recognisably a bundle (safe to replace)."""
+    def refuse(why: str) -> None:
+        raise NotOurFileError(f"{path}: {why}; refusing to overwrite it, since it is not recognisably a model "
+                              "bundle written by cxr_embed (nothing was deleted); fix: choose another --out/path, "
+                              "or move it away yourself")
+
+    if path.is_symlink():
+        refuse("is a symbolic link")
+    if not path.is_dir():
+        refuse("is a file, not a bundle directory")
+    meta_path = path / _META
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        refuse(f"has no {_META} of format {FORMAT!r}")
+    foreign = []
+    for entry in os.scandir(path):  # only names save_model writes, as regular files (not what bundle.json lists)
+        if not _KNOWN_NAME.match(entry.name) or entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+            foreign.append(entry.name)
+    if foreign:
+        refuse(f"holds {len(foreign)} entries a bundle never has: {sorted(foreign)[:10]}")
+
+
+def _replace_bundle(path: Path, new: Path) -> None:
+    """Swap the bundle at ``path`` for ``new`` by renames, then delete only the old bundle's own files."""
+    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+    path.rename(old)
+    try:
+        new.rename(path)
+    except BaseException:
+        old.rename(path)
+        raise
+    for entry in os.scandir(old):  # only the old bundle's own regular files
+        if _KNOWN_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)
+    try:
+        os.rmdir(old)
+    except OSError:  # something appeared in it meanwhile: keep it
+        warnings.warn(f"{old}: the replaced bundle folder kept files that appeared while saving; "
+                      "they were not deleted", UserWarning, stacklevel=3)
 
 
 @dataclass
@@ -316,7 +395,7 @@ class ModelBundle:
             ``fingerprint`` differs from the training embeddings'.
         """
         self.check_fingerprint(fingerprint)
-        X = np.asarray(X)
+        X = X if hasattr(X, "iloc") else np.asarray(X)  # a clinical frame keeps its columns
         n_in = getattr(self.estimator, "n_features_in_", None)
         if n_in is not None and (X.ndim != 2 or X.shape[1] != n_in):
             raise ValueError(f"X has shape {X.shape} but the model expects (n_samples, {n_in})")
@@ -329,7 +408,108 @@ class ModelBundle:
         return proba.reshape(len(X), -1)
 
 
-def load_model(path: Any, *, expected_fingerprint: str | None = None, key: bytes | str | None = None) -> ModelBundle:
+def _validate_meta(meta: Any, meta_path: Path) -> dict:
+    """Check the type of every field of ``bundle.json``; raise :class:`BundleIntegrityError` naming the field."""
+    def bad(field_name: str, expected: str) -> None:
+        value = meta.get(field_name, "<missing>") if isinstance(meta, dict) else meta
+        raise BundleIntegrityError(f"{meta_path}: field {field_name!r} should be {expected}, found {value!r:.80}; "
+                                   "the bundle was edited or damaged: save it again (or restore it)")
+
+    if not isinstance(meta, dict):
+        bad("(top level)", "a JSON object")
+    if meta.get("format") != FORMAT:
+        raise BundleIntegrityError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT!r}; this is not "
+                                   "a cxr_embed model bundle")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        bad("format_version", "a positive integer")
+    if version > FORMAT_VERSION:
+        raise BundleIntegrityError(f"{meta_path}: format_version {version} is newer than this cxr_embed reads "
+                                   f"({FORMAT_VERSION}); fix: upgrade cxr_embed")
+    labels = meta.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(v, str) for v in labels):
+        bad("labels", "a non-empty list of strings")
+    if not isinstance(meta.get("backbone_fingerprint"), str) or not meta["backbone_fingerprint"]:
+        bad("backbone_fingerprint", "a non-empty string")
+    for name in ("created", "estimator_class"):
+        if name in meta and not isinstance(meta[name], str):
+            bad(name, "a string")
+    if meta.get("manifest_hash") is not None and not (isinstance(meta["manifest_hash"], str)
+                                                       and _HEX64.match(meta["manifest_hash"])):
+        bad("manifest_hash", "null or 64 hex digits")
+    n_in = meta.get("n_features_in", -1)
+    if not isinstance(n_in, int) or isinstance(n_in, bool):
+        bad("n_features_in", "an integer")
+    for name in ("extra", "versions"):
+        if not isinstance(meta.get(name, {}), dict):
+            bad(name, "an object")
+    if not all(v is None or isinstance(v, str) for v in meta.get("versions", {}).values()):
+        bad("versions", "an object of version strings")
+    files = meta.get("files")
+    if not isinstance(files, dict) or _PICKLE not in files:
+        raise BundleIntegrityError(f"{meta_path}: no checksum list naming {_PICKLE}; the bundle is incomplete")
+    for name, digest in files.items():
+        if not isinstance(digest, str) or not _HEX64.match(digest):
+            bad("files", "an object of file name -> 64 hex digits")
+    xgb = meta.get("xgboost_models", [])
+    if not isinstance(xgb, list) or not all(isinstance(v, str) and v in files for v in xgb):
+        bad("xgboost_models", "a list of file names listed in 'files'")
+    metrics = meta.get("metrics")
+    if metrics is not None:
+        if not isinstance(metrics, dict) or len(metrics) != 1 or not ({"file", "inline"} & set(metrics)):
+            bad("metrics", "null, {\"file\": name} or {\"inline\": value}")
+        if "file" in metrics and (not isinstance(metrics["file"], str) or metrics["file"] not in files):
+            bad("metrics", "a file listed (and checksummed) in 'files'")
+    for name in ("hmac", "meta_sha256"):
+        if name in meta and not (isinstance(meta[name], str) and _HEX64.match(meta[name])):
+            bad(name, "64 hex digits")
+    return meta
+
+
+def _bundle_file(path: Path, name: str, meta_path: Path) -> Path:
+    """``path / name``, confined to the bundle folder: a plain name of a regular file, not a link."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+            or "\x00" in name or Path(name).name != name):
+        raise BundleIntegrityError(f"{meta_path}: file entry {name!r} is not a plain file name inside the bundle "
+                                   "folder; refusing to read anything outside it")
+    fpath = path / name
+    if fpath.resolve().parent != path.resolve():
+        raise BundleIntegrityError(f"{meta_path}: file entry {name!r} ({fpath}) resolves outside the bundle folder "
+                                   f"(a link to {fpath.resolve()}); refusing to read it")
+    try:
+        st = os.lstat(fpath)
+    except FileNotFoundError as e:
+        raise BundleIntegrityError(f"{path}: file {name} listed in {_META} is missing; the bundle is incomplete: "
+                                   "save it again") from e
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+        raise BundleIntegrityError(f"{fpath}: listed in {_META} but is a link or not a regular file; refusing it")
+    return fpath
+
+
+def _check_signature(path: Path, meta: dict, key, trust_unsigned: bool) -> None:
+    sig = meta.get("hmac")
+    if key is not None and sig:
+        if not _hmac.compare_digest(str(sig), _signature(meta, key)):
+            raise BundleIntegrityError(f"{path}: HMAC signature mismatch: the bundle was altered or signed with "
+                                       "another key; refusing to load it")
+    elif key is not None:
+        if not trust_unsigned:
+            raise BundleIntegrityError(f"{path}: a key was given but the bundle is unsigned; refusing to load it "
+                                       "(fix: load it without a key, or with trust_unsigned=True / --trust-unsigned "
+                                       "if you trust where it came from)")
+        warnings.warn(f"{path}: the bundle is unsigned; loaded because trust_unsigned=True", UserWarning, stacklevel=3)
+    elif sig:
+        if not trust_unsigned:
+            raise BundleIntegrityError(
+                f"{path}: the bundle is signed but no key was given, so its signature cannot be checked and its "
+                "pickle could run anyone's code; refusing to load it; fix: pass key= (CLI: --key-file FILE or "
+                "$CXR_EMBED_BUNDLE_KEY), or trust_unsigned=True (--trust-unsigned) to skip the check")
+        warnings.warn(f"{path}: the bundle is signed but no key= was given; its signature is not checked "
+                      "(trust_unsigned=True)", UserWarning, stacklevel=3)
+
+
+def load_model(path: Any, *, expected_fingerprint: str | None = None, key: bytes | str | None = None,
+               trust_unsigned: bool = False) -> ModelBundle:
     """Load a bundle written by :func:`save_model`, verifying it before unpickling.
 
     Parameters
@@ -340,6 +520,9 @@ def load_model(path: Any, *, expected_fingerprint: str | None = None, key: bytes
         Refuse the bundle unless it was trained on this backbone fingerprint.
     key : bytes or str, optional
         Verify the HMAC signature with this secret; an unsigned bundle is refused.
+    trust_unsigned : bool, default=False
+        Load a **signed** bundle without ``key`` (its signature unchecked), or an unsigned one
+        with ``key``, with a warning instead of an error. Only for bundles whose origin you trust.
 
     Returns
     -------
@@ -348,7 +531,8 @@ def load_model(path: Any, *, expected_fingerprint: str | None = None, key: bytes
     Raises
     ------
     BundleIntegrityError
-        Missing/extra-format metadata, a missing file, a checksum or signature mismatch.
+        Missing, malformed or edited metadata (``meta_sha256``), a missing file or one outside the
+        bundle folder, a checksum or signature mismatch, a signed bundle without a key.
     FingerprintMismatchError
         ``expected_fingerprint`` differs from the bundle's.
 
@@ -361,43 +545,45 @@ def load_model(path: Any, *, expected_fingerprint: str | None = None, key: bytes
 
     path = Path(path)
     meta_path = path / _META
-    if not meta_path.is_file():
-        raise BundleIntegrityError(f"{path}: no {_META}; expected a bundle directory written by cxr_embed.save_model")
+    if not path.is_dir():
+        raise BundleIntegrityError(f"{path}: not a bundle directory; expected the folder written by "
+                                   "cxr_embed.save_model / cxr-embed fit")
+    if meta_path.is_symlink() or not meta_path.is_file():
+        raise BundleIntegrityError(f"{path}: no {_META} (or it is a link); expected a bundle directory written by "
+                                   "cxr_embed.save_model")
     try:
+        if meta_path.stat().st_size > _MAX_META_BYTES:
+            raise BundleIntegrityError(f"{meta_path}: {meta_path.stat().st_size} bytes, far more than a bundle's "
+                                       "metadata; refusing to read it")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise BundleIntegrityError(f"{meta_path}: not valid JSON ({e}); the bundle is corrupted, save it again") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise BundleIntegrityError(f"{meta_path}: format is {meta.get('format') if isinstance(meta, dict) else None!r}, "
-                                   f"expected {FORMAT!r}")
-    if int(meta.get("format_version", -1)) > FORMAT_VERSION:
-        raise BundleIntegrityError(f"{meta_path}: format_version {meta.get('format_version')} is newer than this "
-                                   f"cxr_embed reads ({FORMAT_VERSION}); fix: upgrade cxr_embed")
-    if key is not None:
-        sig = meta.get("hmac")
-        if not sig:
-            raise BundleIntegrityError(f"{path}: a key was given but the bundle is unsigned; refusing to load it")
-        if not _hmac.compare_digest(str(sig), _signature(meta, key)):
-            raise BundleIntegrityError(f"{path}: HMAC signature mismatch: the bundle was altered or signed with "
-                                       "another key; refusing to load it")
-    elif meta.get("hmac"):
-        warnings.warn(f"{path}: the bundle is signed but no key= was given; its signature is not checked",
-                      UserWarning, stacklevel=2)
-    files = meta.get("files")
-    if not isinstance(files, dict) or _PICKLE not in files:
-        raise BundleIntegrityError(f"{meta_path}: no checksum list naming {_PICKLE}; the bundle is incomplete")
+    meta = _validate_meta(meta, meta_path)
+    _check_signature(path, meta, key, trust_unsigned)  # the HMAC covers meta_sha256 and everything else
+    recorded = meta.get("meta_sha256")
+    if recorded is not None and recorded != _meta_digest(meta):
+        raise BundleIntegrityError(f"{meta_path}: the metadata (labels, fingerprint, checksums ...) does not match "
+                                   "its meta_sha256: bundle.json was edited or damaged; refusing to load it; fix: "
+                                   "save the model again")
+    if recorded is None:
+        if meta["format_version"] >= 2:
+            raise BundleIntegrityError(f"{meta_path}: format_version {meta['format_version']} bundles record "
+                                       "meta_sha256, this one has none: bundle.json was edited; refusing to load it")
+        warnings.warn(f"{path}: saved by an older cxr_embed (bundle format 1) without a metadata checksum, so edits "
+                      f"to {_META} cannot be detected; save it again to add one", UserWarning, stacklevel=2)
+    files = meta["files"]
     for name, digest in files.items():
-        fpath = path / name
-        if Path(name).name != name:
-            raise BundleIntegrityError(f"{meta_path}: file entry {name!r} is not a plain file name")
-        if not fpath.is_file():
-            raise BundleIntegrityError(f"{path}: file {name} listed in {_META} is missing")
+        fpath = _bundle_file(path, name, meta_path)
         actual = sha256_file(fpath)
         if actual != digest:
             raise BundleIntegrityError(
                 f"{fpath}: SHA-256 {actual[:12]}... does not match {digest[:12]}... recorded in {_META}; "
                 "the file was corrupted or modified: refusing to load it"
             )
+    extra_files = sorted(e.name for e in os.scandir(path) if e.name != _META and e.name not in files)
+    if extra_files:
+        warnings.warn(f"{path}: files not part of the bundle are ignored: {extra_files[:10]}", UserWarning,
+                      stacklevel=2)
     if expected_fingerprint is not None and meta.get("backbone_fingerprint") != expected_fingerprint:
         raise FingerprintMismatchError(
             f"{path}: bundle trained on backbone fingerprint {meta.get('backbone_fingerprint')!r}, "
@@ -417,7 +603,10 @@ def load_model(path: Any, *, expected_fingerprint: str | None = None, key: bytes
             raise BundleIntegrityError(f"{path}: {len(xgb_files)} XGBoost JSON files but {len(models)} boosters in "
                                        "the estimator; the bundle is inconsistent")
         for model, name in zip(models, xgb_files):
-            model.load_model(str(path / name))
+            try:
+                model.load_model(str(path / name))
+            except Exception as e:  # xgboost.core.XGBoostError and friends
+                raise BundleIntegrityError(f"{path / name}: XGBoost cannot read it ({e}); save the model again") from e
     metrics_meta = meta.get("metrics")
     metrics: Any = None
     if isinstance(metrics_meta, dict) and "file" in metrics_meta:
@@ -425,7 +614,11 @@ def load_model(path: Any, *, expected_fingerprint: str | None = None, key: bytes
 
         import pandas as pd
 
-        metrics = pd.read_json(io.StringIO((path / metrics_meta["file"]).read_text(encoding="utf-8")), orient="table")
+        mpath = _bundle_file(path, metrics_meta["file"], meta_path)
+        try:
+            metrics = pd.read_json(io.StringIO(mpath.read_text(encoding="utf-8")), orient="table")
+        except (ValueError, UnicodeDecodeError, KeyError) as e:
+            raise BundleIntegrityError(f"{mpath}: not a metrics table ({e}); save the model again") from e
     elif isinstance(metrics_meta, dict):
         metrics = metrics_meta.get("inline")
     return ModelBundle(estimator=estimator, labels=list(meta["labels"]),
@@ -465,6 +658,8 @@ def _unpickle(path: Path, joblib) -> Any:
                 f"{path / _PICKLE}: the estimator needs module {e.name!r}, which is not installed; install it, or "
                 "re-save the bundle where it was made"
             ) from e
+    except Exception as e:  # noqa: BLE001 - unpickling can fail in any way although the checksum passed
+        raise _unpickle_error(path, e) from e
     try:
         with _old_module_paths():
             return joblib.load(path / _PICKLE)
@@ -473,3 +668,12 @@ def _unpickle(path: Path, joblib) -> Any:
             f"{path / _PICKLE}: saved by an older cxr_embed whose classes no longer resolve ({e}); fix: load it "
             "with the cxr_embed version in bundle.json's 'versions', then save_model it again with this version"
         ) from e
+    except Exception as e:  # noqa: BLE001
+        raise _unpickle_error(path, e) from e
+
+
+def _unpickle_error(path: Path, e: Exception) -> Exception:
+    if isinstance(e, CxrEmbedError):
+        return e
+    return BundleIntegrityError(f"{path / _PICKLE}: cannot be unpickled ({type(e).__name__}: {e}); fix: load it "
+                                "with the library versions in bundle.json's 'versions' and save it again")

@@ -334,6 +334,13 @@ class CVResult:
         rows = ", ".join(f"{k}: {r.auc:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for k, r in self.summary.iterrows())
         return f"CVResult({rows})"
 
+    def _repr_html_(self) -> str:
+        """The summary as the report shows it (``0.868 [0.821, 0.910]`` cells), for Jupyter."""
+        from ..evaluate.formatting import FormattedTable
+
+        return FormattedTable.from_frame(self.summary.reset_index(), caption="Patient-grouped CV: AUC per label",
+                                         csv_name="cv_summary.csv")._repr_html_()
+
 
 def _summarise(labels, oof, truth, groups, folds, n_bootstrap, random_state) -> pd.DataFrame:
     rng = check_random_state(random_state)
@@ -357,11 +364,16 @@ def _summarise(labels, oof, truth, groups, folds, n_bootstrap, random_state) -> 
     return pd.DataFrame(rows).set_index("label")
 
 
+def _rows(X: Any, idx: np.ndarray) -> Any:
+    """Rows of an array, or of a DataFrame (a clinical frame) by position."""
+    return X.iloc[idx] if hasattr(X, "iloc") else X[idx]
+
+
 def _fold_task(estimator, X, y, groups, train, test, n_labels):
     est = clone(estimator)
     y_train = y.iloc[train] if hasattr(y, "iloc") else y[train]
-    _fit(est, X[train], y_train, groups[train])
-    scores = _positive_scores(est, X[test], n_labels)
+    _fit(est, _rows(X, train), y_train, groups[train])
+    scores = _positive_scores(est, _rows(X, test), n_labels)
     params = _best_params(est)
     return scores, params
 
@@ -377,7 +389,8 @@ def _best_params(est: Any) -> dict:
 
 def cross_validate_grouped(estimator: Any, X: Any, y: Any, groups: Any, *, n_splits: int = 5,
                            n_repeats: int = 1, random_state: Any = None, n_jobs: int | None = None,
-                           labels: Sequence[str] | None = None, n_bootstrap: int = 1000) -> CVResult:
+                           labels: Sequence[str] | None = None, n_bootstrap: int = 1000,
+                           clinical: Any = None) -> CVResult:
     """Patient-grouped (repeated) cross-validation with out-of-fold AUCs and CIs.
 
     Parameters
@@ -401,6 +414,11 @@ def cross_validate_grouped(estimator: Any, X: Any, y: Any, groups: Any, *, n_spl
         Label names (default: DataFrame columns, else ``y`` / ``label_i``).
     n_bootstrap : int, default=1000
         Patient-level bootstrap resamples for the CI; 0 skips the CI.
+    clinical : DataFrame of shape (n_samples, n_columns), optional
+        Per-image columns (clinical variables, a ``site`` column, ...) put beside ``X`` by
+        :func:`cxr_embed.learn.clinical.clinical_frame`; each fold's rows of that one table reach
+        the estimator, which must take it (``make_classifier(name, clinical=[...])``,
+        :func:`~cxr_embed.learn.clinical.with_clinical`). ``X`` may also be such a frame already.
 
     Returns
     -------
@@ -418,7 +436,11 @@ def cross_validate_grouped(estimator: Any, X: Any, y: Any, groups: Any, *, n_spl
     """
     from joblib import Parallel, delayed
 
-    X = np.asarray(X)
+    if clinical is not None:
+        from .clinical import clinical_frame
+
+        X = clinical_frame(X, clinical)
+    X = X.reset_index(drop=True) if hasattr(X, "iloc") else np.asarray(X)
     groups = np.asarray(groups)
     truth, one_d = _as_2d_truth(y)
     _require_multilabel_estimator(estimator, truth, one_d)
@@ -537,6 +559,13 @@ class ExternalResult:
         """Macro average external AUC."""
         return float(self.summary.loc[self.summary["setting"] == "external", "auc"].mean())
 
+    def _repr_html_(self) -> str:
+        """The summary as the report shows it, for Jupyter."""
+        from ..evaluate.formatting import FormattedTable
+
+        return FormattedTable.from_frame(self.summary, caption="Internal and external AUC per label",
+                                         csv_name="external_summary.csv")._repr_html_()
+
 
 def external_validation(estimator: Any, X_train: Any, y_train: Any, X_ext: Any, y_ext: Any, *,
                         groups_train: Any = None, groups_ext: Any = None, labels: Sequence[str] | None = None,
@@ -550,6 +579,9 @@ def external_validation(estimator: Any, X_train: Any, y_train: Any, X_ext: Any, 
     estimator : scikit-learn classifier
         Cloned, then fitted on all of ``X_train``.
     X_train : array-like of shape (n_train, dim)
+        Or a clinical frame (:func:`cxr_embed.learn.clinical.clinical_frame`), with ``X_ext`` one too:
+        then a :class:`~cxr_embed.learn.harmonization.ComBat` step of the estimator sees the external
+        site's label-free columns.
     y_train : array-like of shape (n_train,) or (n_train, n_labels)
     X_ext : array-like of shape (n_ext, dim)
         Embeddings of the external set, from the *same* backbone fingerprint.
@@ -583,7 +615,8 @@ def external_validation(estimator: Any, X_train: Any, y_train: Any, X_ext: Any, 
     >>> res.external_auc > 0.8
     True
     """
-    X_train, X_ext = np.asarray(X_train), np.asarray(X_ext)
+    frames = hasattr(X_train, "iloc") and hasattr(X_ext, "iloc")  # clinical frames (learn/clinical.py)
+    X_train, X_ext = (X_train, X_ext) if frames else (np.asarray(X_train), np.asarray(X_ext))
     if X_train.ndim != 2 or X_ext.ndim != 2 or X_train.shape[1] != X_ext.shape[1]:
         raise ValueError(
             f"X_train {X_train.shape} and X_ext {X_ext.shape} must be 2-D with the same dim; "

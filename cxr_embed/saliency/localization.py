@@ -272,7 +272,7 @@ def evaluate_localization(model, manifest, boxes, *, backbone=None, label=None, 
     >>> import numpy as np, pandas as pd, tempfile, os
     >>> from PIL import Image
     >>> d = tempfile.mkdtemp(); p = os.path.join(d, "a.png")
-    >>> Image.fromarray(np.full((64, 64), 128, np.uint8)).save(p)
+    >>> Image.fromarray(np.tile(np.arange(64, dtype=np.uint8), (64, 1))).save(p)
     >>> man = pd.DataFrame({"image_id": ["a"], "path": [p], "patient_id": ["p1"]})
     >>> box = pd.DataFrame({"image_id": ["a"], "finding": ["x"], "x": [10.0], "y": [10.0], "w": [8.0], "h": [8.0]})
     >>> m = np.zeros((64, 64), np.float32); m[14, 14] = 1

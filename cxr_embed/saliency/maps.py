@@ -544,7 +544,7 @@ def save_overlay(saliency: Saliency, path, *, image: np.ndarray | None = None, c
         Opacity of the map.
     colorbar : bool, default True
     title : str, optional
-        Default: method, label and score.
+        Default: method, label (when named) and score, e.g. ``"gradcam | opacity | p=0.91"``.
     dpi : int, default 100
     contour : ndarray of shape (H, W), bool, optional
         A region (lesion mask) to outline in white.
@@ -585,9 +585,9 @@ def save_overlay(saliency: Saliency, path, *, image: np.ndarray | None = None, c
         for x, y, w, h in arr.reshape(-1, 4):
             ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="white", linewidth=1.2))
     ax.set_axis_off()
-    if title is None:
-        parts = [saliency.method] + ([str(saliency.label)] if saliency.label is not None else []) + [f"p={saliency.score:.2f}"]
-        title = " | ".join(parts)
+    if title is None:  # a single-label model explains an unnamed label: no "None" in the title
+        title = " | ".join([str(x) for x in (saliency.method, saliency.label) if x is not None]
+                           + [f"p={saliency.score:.2f}"])
     ax.set_title(title, fontsize=9)
     if caption:
         ax.text(0.5, -0.02, caption, transform=ax.transAxes, ha="center", va="top", fontsize=8)

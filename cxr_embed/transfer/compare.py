@@ -242,21 +242,35 @@ class ComparisonResult:
         """Name of the approach with the highest (macro) AUC in ``setting``."""
         return str(self.summary(setting)["approach"].iloc[0])
 
+    def colors(self) -> dict:
+        """Approach -> colour, the one mapping every figure of the report uses."""
+        from ._report import colors
+
+        return colors(self)
+
     def write_report(self, out_dir, *, title: str = "Transfer-learning comparison", images: Mapping[str, Any] | None = None,
                      tables: Mapping[str, pd.DataFrame] | None = None, notes: str | Sequence[str] | None = None,
                      n_bootstrap: int = 1000, random_state: int | None = 0) -> Path:
-        """Write the HTML report: the comparison table, ROC curves per label and metrics of the best.
+        """Write the HTML report: the answer first, then the comparison, the best approach and the details.
+
+        The page opens with one sentence per setting (best approach, AUC [95 % CI], the
+        runner-up and its DeLong p) and a forest plot of every approach and label, internal and
+        external side by side; then one table per setting, the full table (folded, with its CSV),
+        ROC and calibration curves per setting and label side by side, the metrics of the best
+        internal approach, the extra tables, the images in a grid, notes and wall times. One
+        self-contained file, readable offline (see :mod:`cxr_embed.evaluate.report`).
 
         Parameters
         ----------
         out_dir : str or Path
             Created if needed; receives ``index.html``, ``comparison.csv``, ``oof.csv``,
-            ``roc_<setting>_<label>.png`` and the files of :func:`cxr_embed.evaluate.report.write_report`.
+            ``forest.png``, ``roc_<setting>_<label>.png``, ``calibration_<setting>_<label>.png``
+            and ``metrics.json`` (all metrics of the best internal approach).
         title : str
         images : dict of str -> path, optional
-            Extra PNGs (e.g. saliency overlays) shown in the report.
+            Extra images (e.g. saliency overlays), caption -> PNG/JPEG, shown in a grid.
         tables : dict of str -> DataFrame, optional
-            Extra tables, shown after the comparison tables.
+            Extra tables, shown after the best approach's metrics.
         notes : str or list of str, optional
             Extra paragraphs, after the comparison's own notes.
         n_bootstrap : int, default=1000
@@ -268,43 +282,17 @@ class ComparisonResult:
         Path
             The ``index.html``.
         """
-        from ..evaluate.metrics import evaluate_predictions
-        from ..evaluate.report import plot_roc, write_report
+        from ._report import write
 
-        tables_extra = tables
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        self.table.to_csv(out / "comparison.csv", index=False)
-        oof = pd.DataFrame({"image_id": self.image_ids, "patient_id": self.groups, "fold": self.fold})
-        for name, p in self.oof.items():
-            for j, lab in enumerate(self.labels):
-                oof[f"{name}:{lab}"] = p[:, j]
-        oof.to_csv(out / "oof.csv", index=False)
-        figures: dict[str, Any] = {}
-        for setting, truth, scores in (("internal", self.y_true, self.oof), ("external", self.y_external, self.external)):
-            if truth is None or not scores:
-                continue
-            names = list(scores)
-            for j, lab in enumerate(self.labels):
-                Y = np.column_stack([truth[:, j]] * len(names))
-                S = np.column_stack([scores[n][:, j] for n in names])
-                png = out / f"roc_{setting}_{_safe(lab)}.png"
-                fig = plot_roc(Y, S, labels=names, path=png, title=f"{lab}: {setting}")
-                _close(fig)
-                figures[f"ROC, {setting}: {lab}"] = png
-        figures.update(images or {})
-        best = self.best("internal")
-        metrics = evaluate_predictions(self.y_true, self.oof[best], labels=self.labels, groups=self.groups,
-                                       n_bootstrap=n_bootstrap, random_state=random_state)
-        tables = {"Comparison (internal: out-of-fold on the target, same patient-grouped folds)":
-                  self.table[self.table["setting"] == "internal"]}
-        if self.external:
-            tables["Comparison (external: refitted on all target data)"] = self.table[self.table["setting"] == "external"]
-        tables["Wall time per stage (s)"] = pd.DataFrame({"stage": list(self.timings), "seconds": list(self.timings.values())})
-        tables.update(tables_extra or {})
-        paras = list(self.notes) + ([notes] if isinstance(notes, str) else list(notes or []))
-        paras.append(f"Full metrics below are those of the best internal approach: {best}.")
-        return write_report(out, title=title, metrics=metrics, tables=tables, images=figures, notes=paras)
+        return write(self, out_dir, title=title, images=images, tables=tables, notes=notes,
+                     n_bootstrap=n_bootstrap, random_state=random_state)
+
+    def _repr_html_(self) -> str:
+        """The report's summary, forest plot and tables, for Jupyter."""
+        from ._report import build_page
+
+        page, _ = build_page(self, title="Transfer-learning comparison", fragment=True)
+        return page.to_html(fragment=True)
 
     def __repr__(self) -> str:
         s = self.summary("internal")
@@ -314,15 +302,6 @@ class ComparisonResult:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-" else "_" for c in str(name))
-
-
-def _close(fig) -> None:
-    try:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-    except Exception:  # noqa: BLE001 - closing is best effort
-        pass
 
 
 # --------------------------------------------------------------------------- helpers

@@ -170,3 +170,15 @@ def test_console_script_and_module_entry_points():
     proc = subprocess.run([sys.executable, "-m", "cxr_embed.cli", "--version"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == f"cxr-embed {cxr_embed.__version__}"
+
+
+def test_max_pixels_option_refuses_big_images_in_info_and_extract(tmp_path, capsys):
+    arr = (np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)
+    png = _png(tmp_path / "big.png", arr)
+    assert main(["info", str(png), "--max-pixels", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert "big.png" in err and "max_pixels=1,000" in err and "--max-pixels" in err and "Traceback" not in err
+    assert main(["info", str(png), "--max-pixels", "5000"]) == 0
+    args = build_parser().parse_args(["extract", "--manifest", "m", "--backbone", "b", "--store", "s",
+                                      "--max-pixels", "123"])
+    assert args.max_pixels == 123

@@ -14,8 +14,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import (ExplicitVRBigEndian, ExplicitVRLittleEndian, SecondaryCaptureImageStorage,
                          generate_uid)
 
-from cxr_embed.exceptions import (CxrEmbedError, ImageNotFoundError, ImageReadError, MultiFrameError,
-                                  NoPixelDataError)
+from cxr_embed.exceptions import (CxrEmbedError, ImageDecodeError, ImageNotFoundError, ImageReadError,
+                                  MultiFrameError, NoPixelDataError)
 from cxr_embed.io.dicom import (DEFAULT_SALT, is_dicom, parse_age, patient_key, read_dicom,
                                 read_dicom_meta)
 from conftest import shared_dataset
@@ -379,6 +379,35 @@ def test_parse_age(text, years):
     assert parse_age(text) == (pytest.approx(years) if years is not None else None)
 
 
+def test_patient_key_default_salt_warns_and_is_reversible(monkeypatch):
+    """The public default salt protects nothing (brute force), so using it warns; a secret salt does not."""
+    monkeypatch.delenv("CXR_EMBED_SALT", raising=False)
+    with pytest.warns(UserWarning, match="DEFAULT_SALT.*brute force"):
+        leaked = patient_key("4711")
+    # what an attacker does with a public salt: hash every candidate id
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = [f"{i:04d}" for i in range(10_000) if patient_key(f"{i:04d}", DEFAULT_SALT) == leaked]
+    assert found == ["4711"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a secret salt, by argument or environment: silent
+        secret = patient_key("4711", salt="a3f9c1d2e4b5a6978877665544332211")
+        monkeypatch.setenv("CXR_EMBED_SALT", "b" * 32)
+        from_env = patient_key("4711")
+    assert secret != leaked and from_env not in (leaked, secret)
+    assert patient_key("4711", DEFAULT_SALT) not in (secret, from_env)
+
+
+def test_read_dicom_warns_about_the_default_salt(tmp_path, monkeypatch):
+    path = _write(tmp_path / "p.dcm", np.arange(16, dtype=np.uint16).reshape(4, 4), PatientID="1234567")
+    monkeypatch.delenv("CXR_EMBED_SALT", raising=False)
+    with pytest.warns(UserWarning, match="DEFAULT_SALT"):
+        read_dicom(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_dicom(path, salt="project secret")
+
+
 def test_patient_key_properties():
     assert patient_key(None) is None and patient_key("  ") is None
     key = patient_key("12345", "s")
@@ -428,8 +457,8 @@ def test_bad_input_raises_documented_error(tmp_path, case, reader):
         assert isinstance(info.value, FileNotFoundError)
     if case == "truncated":
         assert "truncated" in message
-    if case == "truncated_pixels":
-        assert info.value.__cause__ is not None  # chained from pydicom's error
+    if case == "truncated_pixels":  # detected from the declared length, before pydicom is asked to decode
+        assert "truncated" in message and isinstance(info.value, ImageDecodeError)
 
 
 def test_is_dicom_by_content(tmp_path):

@@ -91,13 +91,17 @@ def test_tiff_8_16_and_multipage(tmp_path):
     assert meta8["source"] == meta16["source"] == "tiff"
     np.testing.assert_allclose(image8, p8 / 255.0, atol=1e-7)
     np.testing.assert_allclose(image16, p16 / 65535.0, atol=1e-7)
-    pages = [Image.fromarray(np.full((5, 6), v, np.uint8), mode="L") for v in (0, 100, 200)]
+    pages = [np.full((5, 6), v, np.uint8) for v in (0, 100, 200)]
+    for page in pages:
+        page[0, 0] = 255  # not blank: a constant page is refused (ConstantImageError)
+    pages = [Image.fromarray(page, mode="L") for page in pages]
     pages[0].save(tmp_path / "m.tif", save_all=True, append_images=pages[1:])
     with pytest.raises(MultiFrameError, match="3 frames"):
         read_image(tmp_path / "m.tif")
     image, meta = read_image(tmp_path / "m.tif", frame=2)
     assert meta["frame"] == 2 and meta["number_of_frames"] == 3
-    np.testing.assert_allclose(image, 200 / 255.0, atol=1e-7)
+    np.testing.assert_allclose(image[1:], 200 / 255.0, atol=1e-7)
+    assert image[0, 0] == 1.0
 
 
 def test_exif_rotated_jpeg(tmp_path):

@@ -209,7 +209,7 @@ def test_missing_files_lists_ten_and_count_and_fixes(tmp_path):
     sub = tmp_path / "data"
     for i in range(12):
         _png(sub / "images" / f"img{i}.png")
-    rows = "\n".join(f"images/img{i}.png,p{i},1" for i in range(12))
+    rows = "\n".join(f"images/img{i}.png,p{i},{i % 2}" for i in range(12))
     csv = tmp_path / "lists" / "t.csv"
     csv.parent.mkdir()
     csv.write_text("path,patient_id,y\n" + rows + "\n")
@@ -297,7 +297,7 @@ def test_chexpert_duplicate_rows(tmp_path):
 
 def test_chexpert_options_for_other_formats_rejected(tmp_path):
     csv = _chexpert(tmp_path)
-    with pytest.raises(ManifestError, match=r"labels= applies to format='csv' only.*'chexpert'"):
+    with pytest.raises(ManifestError, match=r"labels= applies to format='csv' or 'padchest' only.*'chexpert'"):
         load_manifest(csv, labels=["edema"])
 
 

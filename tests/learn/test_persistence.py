@@ -34,7 +34,7 @@ def test_round_trip(tmp_path, fitted):
     path = save_model(tmp_path / "m", est, labels=["a", "b"], backbone_fingerprint="fp1", manifest=manifest,
                       metrics=metrics, extra={"policy": "ones"})
     meta = json.loads((path / "bundle.json").read_text())
-    assert meta["format"] == FORMAT and meta["format_version"] == 1
+    assert meta["format"] == FORMAT and meta["format_version"] == 2 and len(meta["meta_sha256"]) == 64
     assert set(meta["versions"]) >= {"cxr_embed", "sklearn", "xgboost", "numpy"}
     assert meta["versions"]["xgboost"] is not None
     assert set(meta["files"]) == {"estimator.joblib", "metrics.json", "xgboost_0.json", "xgboost_1.json"}
@@ -93,8 +93,10 @@ def test_hmac_key(tmp_path, fitted):
     assert load_model(path, key="secret").labels == ["a", "b"]
     with pytest.raises(BundleIntegrityError, match="HMAC"):
         load_model(path, key="wrong")
-    with pytest.warns(UserWarning, match="not checked"):
+    with pytest.raises(BundleIntegrityError, match="signed but no key"):  # an error since issue 10
         load_model(path)
+    with pytest.warns(UserWarning, match="not checked"):
+        load_model(path, trust_unsigned=True)
     # a consistent forgery (new pickle + recomputed checksum) passes SHA-256 but not the HMAC
     import hashlib
 
@@ -109,6 +111,8 @@ def test_hmac_key(tmp_path, fitted):
     unsigned = save_model(tmp_path / "u", est, labels=["a", "b"], backbone_fingerprint="fp1")
     with pytest.raises(BundleIntegrityError, match="unsigned"):
         load_model(unsigned, key="secret")
+    with pytest.warns(UserWarning, match="unsigned"):
+        load_model(unsigned, key="secret", trust_unsigned=True)
 
 
 def test_single_label_plain_estimator_and_overwrite(tmp_path):

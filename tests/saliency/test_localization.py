@@ -16,7 +16,7 @@ def _manifest(tmp_path, ids, patients=None):
     paths = []
     for i in ids:
         p = tmp_path / f"{i}.png"
-        Image.fromarray(np.full((SIZE, SIZE), 100, np.uint8)).save(p)
+        Image.fromarray(np.tile(np.arange(SIZE, dtype=np.uint8) + 60, (SIZE, 1))).save(p)  # not blank
         paths.append(str(p))
     return pd.DataFrame({"image_id": ids, "path": paths, "patient_id": patients or [f"p{i}" for i in ids]})
 

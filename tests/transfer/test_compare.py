@@ -202,10 +202,12 @@ def test_report_is_written(spied_run, tmp_path):
     res, *_ = spied_run
     index = res.write_report(tmp_path / "report", n_bootstrap=20)
     html = index.read_text()
-    assert "Comparison (internal" in html and "Comparison (external" in html
+    assert "Internal: out-of-fold" in html and "External: refitted" in html and 'class="summary"' in html
     assert (tmp_path / "report" / "comparison.csv").is_file()
     assert (tmp_path / "report" / f"roc_internal_{LABELS[0]}.png").is_file()
     assert (tmp_path / "report" / f"roc_external_{LABELS[0]}.png").is_file()
+    assert (tmp_path / "report" / f"calibration_external_{LABELS[0]}.png").is_file()
+    assert (tmp_path / "report" / "forest.png").is_file()
     oof = pd.read_csv(tmp_path / "report" / "oof.csv")
     assert len(oof) == len(res.image_ids)
 

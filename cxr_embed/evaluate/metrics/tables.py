@@ -19,6 +19,7 @@ from ._bootstrap import (
     _WeightedAUC,
     _as_binary_1d,
     _bootstrap_auc_samples,
+    _bootstrap_counts,
     _check_ci,
     _group_index,
     _percentile_ci,
@@ -27,7 +28,7 @@ from ._bootstrap import (
 from .auc import _report_skipped
 from .calibration import brier_score, expected_calibration_error
 from .subgroups import subgroup_auc
-from .thresholds import operating_points
+from .thresholds import confusion_metrics, operating_points
 
 __all__ = ["evaluate_predictions", "metrics_to_json", "metrics_from_json", "METRICS_COLUMNS"]
 
@@ -77,6 +78,28 @@ def _row(label, metric, value, *, op="", subgroup="all", level="all", lo=math.na
             "n": int(n), "n_pos": int(n_pos), "n_groups": int(n_groups)}
 
 
+_THRESHOLD_METRICS = ("threshold", "sensitivity", "specificity", "balanced_accuracy", "ppv", "npv")
+_CI_METRICS = ("sensitivity", "specificity", "balanced_accuracy", "ppv", "npv")
+
+
+def _threshold_cis(y, s, gidx, n_groups, threshold, n_bootstrap, seed, ci) -> dict[str, tuple[float, float]]:
+    """Percentile CIs of the confusion metrics at a fixed threshold, over the same patient resamples
+    as the AUC's (same seed, so every interval of a label comes from the same draws)."""
+    pred = s >= threshold
+    cells = np.stack([pred & (y == 1), ~pred & (y == 1), ~pred & (y == 0), pred & (y == 0)], axis=1).astype(float)
+    samples = {m: [] for m in _CI_METRICS}
+    for counts in _bootstrap_counts(seed, n_bootstrap, n_groups):
+        tp, fn, tn, fp = (counts[:, gidx] @ cells).T
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sens, spec = tp / (tp + fn), tn / (tn + fp)
+            samples["sensitivity"].append(sens)
+            samples["specificity"].append(spec)
+            samples["balanced_accuracy"].append((sens + spec) / 2.0)
+            samples["ppv"].append(tp / (tp + fp))
+            samples["npv"].append(tn / (tn + fn))
+    return {m: _percentile_ci(np.concatenate(v), ci) for m, v in samples.items()}
+
+
 def evaluate_predictions(
     y_true: ArrayLike,
     y_score: ArrayLike,
@@ -89,6 +112,7 @@ def evaluate_predictions(
     specificity: float = 0.9,
     n_bins: int = 10,
     random_state: int | None = None,
+    threshold: float | Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """Every metric of every label in one tidy table.
 
@@ -114,6 +138,11 @@ def evaluate_predictions(
     n_bins : int, default=10
         Bins of the expected calibration error.
     random_state : int or None
+    threshold : float or dict of str -> float, optional
+        A threshold chosen beforehand (on training or validation predictions, one for all labels
+        or one per label): adds the operating point ``"fixed"``. Its sensitivity, specificity and
+        balanced accuracy are the honest ones; those at ``"youden"`` and ``"spec>=..."`` use a
+        threshold chosen on these very predictions and are optimistic.
 
     Returns
     -------
@@ -122,8 +151,10 @@ def evaluate_predictions(
 
         * ``label``: label name, or ``"macro"`` for the macro average;
         * ``metric``: ``auc``, ``auc_gap``, ``threshold``, ``sensitivity``, ``specificity``,
-          ``ppv``, ``npv``, ``brier``, ``ece``, ``prevalence``;
-        * ``operating_point``: ``"youden"`` or ``"spec>=0.90"`` for threshold metrics, else ``""``;
+          ``balanced_accuracy``, ``ppv``, ``npv``, ``brier``, ``ece``, ``prevalence``;
+        * ``operating_point``: ``"youden"``, ``"spec>=0.90"`` or ``"fixed"`` (``threshold=``) for
+          threshold metrics, else ``""``; sensitivity, specificity, balanced accuracy, PPV and NPV
+          get patient-bootstrap CIs over the same resamples as the AUC, the threshold held fixed;
         * ``subgroup`` / ``level``: ``"all"``/``"all"`` overall; ``"sex"``/``"F"`` for a
           subgroup AUC; ``"sex"``/``"max-min"`` for the largest gap;
         * ``value``, ``ci_low``, ``ci_high`` (NaN where no CI);
@@ -195,9 +226,18 @@ def evaluate_predictions(
             lo, hi = _percentile_ci(samples, ci)
             boot.append(samples)
         rows.append(_row(label, "auc", auc, lo=lo, hi=hi, **common))
-        for op, m in operating_points(y, s, specificity=specificity).items():
-            for metric in ("threshold", "sensitivity", "specificity", "ppv", "npv"):
-                rows.append(_row(label, metric, m[metric], op=op, **common))
+        ops = operating_points(y, s, specificity=specificity)
+        if threshold is not None:
+            t = threshold.get(label) if isinstance(threshold, Mapping) else threshold
+            if t is None:
+                raise ValueError(f"threshold has no entry for label {label!r}; give one threshold per label")
+            ops["fixed"] = confusion_metrics(y, s, float(t))
+        for op, m in ops.items():
+            cis = (_threshold_cis(y, s, gidx[known], n_groups_all, m["threshold"], int(n_bootstrap), seed, ci)
+                   if n_bootstrap else {})
+            for metric in _THRESHOLD_METRICS:
+                lo_m, hi_m = cis.get(metric, (math.nan, math.nan))
+                rows.append(_row(label, metric, m[metric], op=op, lo=lo_m, hi=hi_m, **common))
         if s.min() >= 0.0 and s.max() <= 1.0:
             rows.append(_row(label, "brier", brier_score(y, s), **common))
             rows.append(_row(label, "ece", expected_calibration_error(y, s, n_bins=n_bins), **common))

@@ -93,14 +93,17 @@ def confusion_metrics(y_true: ArrayLike, y_score: ArrayLike, threshold: float) -
     Returns
     -------
     dict
-        ``threshold, sensitivity, specificity, ppv, npv, tp, fp, tn, fn``; a ratio whose
-        denominator is 0 is NaN.
+        ``threshold, sensitivity, specificity, balanced_accuracy, ppv, npv, tp, fp, tn, fn``; a
+        ratio whose denominator is 0 is NaN. ``balanced_accuracy`` is the mean of sensitivity and
+        specificity (``sklearn.metrics.balanced_accuracy_score`` for binary labels).
 
     Examples
     --------
     >>> m = confusion_metrics([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.8], 0.5)
     >>> m["sensitivity"], m["specificity"], m["ppv"], m["npv"]
     (0.5, 0.5, 0.5, 0.5)
+    >>> confusion_metrics([0, 0, 0, 1], [0.1, 0.2, 0.6, 0.8], 0.5)["balanced_accuracy"]
+    0.8333333333333333
     """
     y = _as_binary_1d(y_true)
     s = _as_score_1d(y_score, y.shape[0])
@@ -113,10 +116,12 @@ def confusion_metrics(y_true: ArrayLike, y_score: ArrayLike, threshold: float) -
     def ratio(a, b):
         return a / b if b else math.nan
 
+    sens, spec = ratio(tp, tp + fn), ratio(tn, tn + fp)
     return {
         "threshold": float(threshold),
-        "sensitivity": ratio(tp, tp + fn),
-        "specificity": ratio(tn, tn + fp),
+        "sensitivity": sens,
+        "specificity": spec,
+        "balanced_accuracy": (sens + spec) / 2.0,
         "ppv": ratio(tp, tp + fp),
         "npv": ratio(tn, tn + fn),
         "tp": tp, "fp": fp, "tn": tn, "fn": fn,
