@@ -29,6 +29,7 @@ _LAZY = {
     "load_manifest": "cxr_embed.io.manifest",
     "summarize_manifest": "cxr_embed.io.manifest",
     "prepare_image": "cxr_embed.io.preprocessing",
+    "load_boxes": "cxr_embed.io.boxes",
     # embeddings
     "Backbone": "cxr_embed.embed.backbones",
     "list_backbones": "cxr_embed.embed.backbones",
@@ -97,6 +98,8 @@ _LAZY = {
     "deletion_auc": "cxr_embed.saliency.faithfulness",
     "insertion_auc": "cxr_embed.saliency.faithfulness",
     "random_saliency": "cxr_embed.saliency.faithfulness",
+    "evaluate_localization": "cxr_embed.saliency.localization",
+    "LocalizationResult": "cxr_embed.saliency.localization",
 }
 
 __all__ = ["__version__", *_exc_all, *_LAZY]

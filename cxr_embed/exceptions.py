@@ -24,6 +24,7 @@ __all__ = [
     "ImageTooLargeError",
     "ManifestError",
     "MissingFilesError",
+    "BoxFormatError",
     "BackboneError",
     "WeightsError",
     "StoreError",
@@ -131,6 +132,10 @@ class MissingFilesError(ManifestError, FileNotFoundError):
 
 
 # --- backbones -------------------------------------------------------------
+class BoxFormatError(ManifestError):
+    """A table of bounding boxes (radiologists' regions) is malformed or cannot be scaled."""
+
+
 class BackboneError(CxrEmbedError, ValueError):
     """Unknown backbone name, layer or pooling."""
 

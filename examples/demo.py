@@ -17,8 +17,9 @@ Stages (each timed; the wall times are printed at the end):
 6. the paper's three-way comparison (stacking of the source CNN's outputs / embeddings +
    classifiers with simple and entropy-weighted averaging / fine-tuning of the source CNN) on
    the same folds, with external validation on site C;
-7. Grad-CAM overlays of a few true positives, with the true lesion outlined: through the
-   logistic regression on Lite0 embeddings and through the fine-tuned CNN;
+7. saliency overlays (the default ``method="auto"`` per model kind) of a few true positives, with the
+   true lesion outlined and the pointing result in the caption: through the logistic regression on
+   Lite0 embeddings and through the fine-tuned CNN;
 8. the HTML report: a summary sentence per setting and a forest plot first, then the tables,
    ROC and calibration curves, the best approach's metrics and the overlays in a grid.
 """
@@ -173,7 +174,7 @@ def main(argv=None) -> int:
             print(f"   {k}: {v:.1f} s")
 
     overlays = {}
-    with stage("7. saliency (Grad-CAM on true positives)"):
+    with stage("7. saliency (default explanation on true positives, lesion outlined)"):
         try:
             overlays = _saliency(result, bb, target, paths["target"].parent, out / "saliency", args.n_explain)
         except Exception as e:  # noqa: BLE001 - the demo goes on without overlays, saying why
@@ -203,7 +204,7 @@ def main(argv=None) -> int:
 
 
 def _saliency(result, bb, target, site_dir: Path, out: Path, n: int) -> dict:
-    """Grad-CAM of the logreg on embeddings and of the fine-tuned CNN for the most confident true positives."""
+    """Default explanations of the logreg on embeddings and of the fine-tuned CNN for the most confident true positives."""
     import cxr_embed
     from cxr_embed.datasets import load_masks
 
@@ -221,16 +222,23 @@ def _saliency(result, bb, target, site_dir: Path, out: Path, n: int) -> dict:
     for i in chosen:
         row = target.iloc[i]
         contour = mask_of.get(str(row["image_id"]))
-        region = "; white outline: the true lesion" if contour is not None else ""
-        s = cxr_embed.explain(row["path"], result.models[logreg], backbone=bb, method="gradcam", label=label)
-        png = cxr_embed.save_overlay(s, out / f"{row['image_id']}_logreg_gradcam.png", contour=contour)
-        images[f"{row['image_id']}: {label}, p = {s.score:.2f}. Grad-CAM of logreg on {bb.name} embeddings{region}"] = png
-        print(f"   {png}")
-        if cnn is not None:
-            s = cxr_embed.explain(row["path"], result.models[cnn], method="gradcam", label=label, labels=LABELS,
-                                  resize=bb.resize)
-            png = cxr_embed.save_overlay(s, out / f"{row['image_id']}_finetuned_gradcam.png", contour=contour)
-            images[f"{row['image_id']}: {label}, p = {s.score:.2f}. Grad-CAM of the fine-tuned CNN{region}"] = png
+        for kind, model, kw in (("logreg", result.models[logreg], {"backbone": bb}),
+                                ("finetuned", result.models[cnn] if cnn else None,
+                                 {"labels": LABELS, "resize": bb.resize})):
+            if model is None:
+                continue
+            s = cxr_embed.explain(row["path"], model, method="auto", label=label, **kw)  # the default per model kind
+            caption = None
+            if contour is not None:
+                hit = cxr_embed.pointing_game(s, contour)
+                caption = (f"peak {'inside' if hit else 'outside'} the lesion | energy in lesion "
+                           f"{cxr_embed.energy_in_mask(s, contour):.2f} (area {contour.mean():.3f})")
+            who = f"logreg on {bb.name} embeddings" if kind == "logreg" else "fine-tuned CNN"
+            png = cxr_embed.save_overlay(s, out / f"{row['image_id']}_{kind}_{s.method}.png", contour=contour,
+                                         title=f"{s.method} | {label} | p={s.score:.2f} | {who}", caption=caption)
+            region = "; white outline: the true lesion" if contour is not None else ""
+            images[f"{row['image_id']}: {label}, p = {s.score:.2f}. {s.method} of {who}{region}"
+                   + (f"; {caption}" if caption else "")] = png
             print(f"   {png}")
     return images
 

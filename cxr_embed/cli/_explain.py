@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     >>> register(parser.add_subparsers(dest="command"))
     >>> args = parser.parse_args(["explain", "--model", "m.keras", "--image", "a.png", "--out", "o"])
     >>> args.method, args.limit, args.h5
-    ('gradcam', None, True)
+    ('auto', None, True)
     """
     from cxr_embed.saliency.maps import METHODS
 
@@ -54,9 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--image", help="one image file (DICOM, PNG, JPEG, TIFF)")
     p.add_argument("--manifest-format", default="auto", help="manifest format (default auto)")
     p.add_argument("--root", default=None, help="folder relative image paths are resolved against")
-    p.add_argument("--method", default="gradcam", choices=METHODS,
-                   help="saliency method (default gradcam; non-linear classifiers need scorecam or "
-                        "faster-scorecam)")
+    p.add_argument("--method", default="auto", choices=METHODS,
+                   help="saliency method (default auto: by model kind, cxr_embed.saliency.maps.AUTO_METHODS; "
+                        "non-linear classifiers need a gradient-free one: occlusion, scorecam, faster-scorecam)")
     p.add_argument("--label", default=None,
                    help="label to explain (name or index); required when the model has several")
     p.add_argument("--cam-layer", default=None,
@@ -220,7 +220,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     import pandas as pd
 
     import cxr_embed
-    from cxr_embed.saliency.maps import explain_manifest
+    from cxr_embed.saliency.maps import explain_manifest, resolve_method
 
     model_path = Path(args.model)
     kwargs: dict = {}
@@ -274,7 +274,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         raise cxr_embed.BackboneError(f"cannot explain {what} with {args.method}: {e}") from e
     table.to_csv(out / "explanations.csv", index=False)
     n_ok = int(table["overlay"].notna().sum()) if len(table) else 0
-    print(f"{n_ok} of {len(table)} images explained with {args.method} ({what}); overlays, "
+    print(f"{n_ok} of {len(table)} images explained with {resolve_method(model, args.method)} ({what}); overlays, "
           f"{'saliency.h5, ' if args.h5 and n_ok else ''}explanations.csv in {out}")
     failed = table[table["error"].notna()] if len(table) else table
     for _, row in failed.head(5).iterrows():

@@ -28,12 +28,15 @@ import numpy as np
 
 from ..io.preprocessing import prepare_image, restore_map
 
-__all__ = ["explain", "Saliency", "METHODS", "explain_manifest", "save_overlay", "save_saliency_h5", "load_saliency_h5"]
+__all__ = ["explain", "Saliency", "METHODS", "AUTO_METHODS", "resolve_method", "explain_manifest", "save_overlay", "save_saliency_h5", "load_saliency_h5"]
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("gradcam", "gradcam++", "layercam", "scorecam", "faster-scorecam", "smoothgrad")
-_GRADIENT_METHODS = {"gradcam", "gradcam++", "layercam", "smoothgrad"}
+METHODS = ("auto", "gradcam", "gradcam++", "layercam", "layercam-stages", "scorecam", "faster-scorecam",
+           "smoothgrad", "occlusion")
+_GRADIENT_METHODS = {"gradcam", "gradcam++", "layercam", "layercam-stages", "smoothgrad"}
+#: What ``method="auto"`` means for each kind of model (chosen by measurement, docs/explain.md).
+AUTO_METHODS = {"cnn": "gradcam", "linear": "gradcam", "other": "occlusion"}
 
 
 @dataclass
@@ -331,7 +334,7 @@ def _ensemble_weights(ensemble, probas: np.ndarray) -> np.ndarray:
     return w / w.sum() if w.sum() > 0 else np.full(k, 1.0 / k)
 
 
-def explain(image_or_path, model, *, backbone=None, method: str = "gradcam", label=None, labels=None,
+def explain(image_or_path, model, *, backbone=None, method: str = "auto", label=None, labels=None,
             layer: str | None = None, resize: str = "pad", faster_n: int = 32, smooth_samples: int = 20,
             smooth_noise: float = 0.2, batch_size: int = 32) -> Saliency:
     """Explain one radiograph with a saliency map.
@@ -348,10 +351,13 @@ def explain(image_or_path, model, *, backbone=None, method: str = "gradcam", lab
         fitted on the embeddings of ``backbone[k]``.
     backbone : Backbone or list of Backbone, optional
         Required for classifiers (the backbone whose embeddings they were fitted on) and ensembles.
-    method : {"gradcam", "gradcam++", "layercam", "scorecam", "faster-scorecam", "smoothgrad"}
-        Gradient methods need a differentiable path (a CNN head or a linear classifier);
-        Score-CAM works for every model. ``"faster-scorecam"`` uses the ``faster_n`` most
-        variable channels.
+    method : {"auto", "gradcam", "gradcam++", "layercam", "layercam-stages", "scorecam", "faster-scorecam", \
+"smoothgrad", "occlusion"}, default "auto"
+        ``"auto"`` picks by model kind (:data:`AUTO_METHODS`, :func:`resolve_method`). Gradient
+        methods need a differentiable path (a CNN head or a linear classifier); Score-CAM and
+        ``"occlusion"`` (blurred patches through the whole pipeline, classifier included) work for
+        every model. ``"faster-scorecam"`` uses the ``faster_n`` most variable channels;
+        ``"layercam-stages"`` averages LayerCAM over the three coarsest stage outputs.
     label : str or int, optional
         The label to explain; required when the model has several.
     labels : list of str, optional
@@ -381,6 +387,7 @@ def explain(image_or_path, model, *, backbone=None, method: str = "gradcam", lab
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    method = resolve_method(model, method)
     image, path = _load(image_or_path)
 
     members = None if _is_keras_model(model) else _ensemble_members(model, backbone)
@@ -397,6 +404,7 @@ def explain(image_or_path, model, *, backbone=None, method: str = "gradcam", lab
 def _make_target(model, *, backbone, method, label, labels=None, layer=None, resize="pad") -> _Target:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    method = "gradcam" if method == "layercam-stages" else resolve_method(model, method)
     if _is_keras_model(model):
         return _cnn_target(model, label=label, labels=labels, method=method, layer=layer, resize=resize)
     if backbone is None:
@@ -407,10 +415,81 @@ def _make_target(model, *, backbone, method, label, labels=None, layer=None, res
 
 def _explain_with(target: _Target, image, path, method, **kw) -> Saliency:
     x = prepare_image(image, target.input_size, mode=target.resize)
-    input_map = _compute_map(target, x, method, **kw)
+    if method == "occlusion":
+        from ._perturbation import occlusion_map
+
+        input_map = occlusion_map(target.proba, x, batch_size=kw.get("batch_size", 32))
+    elif method == "layercam-stages":
+        input_map = _stages_map(target, x, **kw)
+    else:
+        input_map = _compute_map(target, x, method, **kw)
     score = float(target.proba(x[None])[0])
     full = _normalise(restore_map(input_map, image.shape, mode=target.resize))
     return Saliency(full, method, target.label, score, input_map, image, path)
+
+
+def _stages_map(target: _Target, x, **kw) -> np.ndarray:
+    """LayerCAM of the three coarsest stage outputs, each scaled to [0, 1], averaged (Jiang et al. 2021)."""
+    from dataclasses import replace
+
+    from ._perturbation import stage_layers
+
+    maps = [_normalise(_compute_map(replace(target, layer=name), x, "layercam", **kw))
+            for name in stage_layers(target.model)]
+    return np.mean(maps, axis=0).astype(np.float32)
+
+
+def resolve_method(model, method: str = "auto") -> str:
+    """The method ``method="auto"`` stands for, by model kind (measured in docs/explain.md).
+
+    Parameters
+    ----------
+    model : keras.Model or fitted classifier or ModelBundle or ensemble
+    method : str, default "auto"
+        Returned unchanged unless ``"auto"``.
+
+    Returns
+    -------
+    str
+        ``AUTO_METHODS["cnn"]`` for a Keras CNN with its own head, ``AUTO_METHODS["linear"]`` for a
+        linear classifier on embeddings, ``AUTO_METHODS["other"]`` for every other classifier
+        and for ensembles.
+
+    Examples
+    --------
+    >>> from sklearn.ensemble import RandomForestClassifier
+    >>> resolve_method(RandomForestClassifier()) == AUTO_METHODS["other"]
+    True
+    """
+    if method != "auto":
+        return method
+    if _is_keras_model(model):
+        return AUTO_METHODS["cnn"]
+    from ._heads import linear_head
+
+    est = model
+    if hasattr(est, "estimator") and hasattr(est, "backbone_fingerprint"):  # ModelBundle
+        est = est.estimator
+    if hasattr(est, "best_estimator_"):
+        est = est.best_estimator_
+    if hasattr(est, "estimators_") and hasattr(est, "labels_"):  # MultiLabelClassifier: one kind for all labels
+        est = est.estimators_[0]
+    dim = _input_dim(est)
+    if dim is not None and hasattr(est, "predict_proba"):
+        try:
+            if linear_head(est, dim) is not None:
+                return AUTO_METHODS["linear"]
+        except Exception:  # noqa: BLE001 - any failure of the probe means "not linear"
+            pass
+    return AUTO_METHODS["other"]
+
+
+def _input_dim(est):
+    for obj in (est, getattr(est, "steps", [[None, None]])[0][1] if hasattr(est, "steps") else None):
+        n = getattr(obj, "n_features_in_", None)
+        if n is not None:
+            return int(n)
+    return None
 
 
 def _check_fingerprint(model, backbone):
@@ -448,7 +527,7 @@ def _ensemble_score(ensemble, probas: np.ndarray) -> float:
 # --------------------------------------------------------------------------- outputs
 def save_overlay(saliency: Saliency, path, *, image: np.ndarray | None = None, cmap: str = "jet",
                  alpha: float = 0.4, colorbar: bool = True, title: str | None = None, dpi: int = 100,
-                 contour=None) -> Path:
+                 contour=None, boxes=None, caption: str | None = None) -> Path:
     """Write a PNG with the radiograph, the saliency map as a coloured overlay and a colour bar.
 
     Parameters
@@ -469,6 +548,10 @@ def save_overlay(saliency: Saliency, path, *, image: np.ndarray | None = None, c
     dpi : int, default 100
     contour : ndarray of shape (H, W), bool, optional
         A region (lesion mask) to outline in white.
+    boxes : ndarray of shape (n_boxes, 4) or DataFrame, optional
+        Rectangles ``x, y, w, h`` in the image's pixels (a radiologist's regions) drawn in white.
+    caption : str, optional
+        A line of text under the image (for example the pointing-game result).
 
     Returns
     -------
@@ -495,11 +578,19 @@ def save_overlay(saliency: Saliency, path, *, image: np.ndarray | None = None, c
     im = ax.imshow(saliency.map, cmap=cmap, alpha=alpha, vmin=0, vmax=1)
     if contour is not None:
         ax.contour(np.asarray(contour, float), levels=[0.5], colors="white", linewidths=1)
+    if boxes is not None:
+        from matplotlib.patches import Rectangle
+
+        arr = boxes[["x", "y", "w", "h"]].to_numpy(float) if hasattr(boxes, "columns") else np.asarray(boxes, float)
+        for x, y, w, h in arr.reshape(-1, 4):
+            ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="white", linewidth=1.2))
     ax.set_axis_off()
     if title is None:  # a single-label model explains an unnamed label: no "None" in the title
         title = " | ".join([str(x) for x in (saliency.method, saliency.label) if x is not None]
                            + [f"p={saliency.score:.2f}"])
     ax.set_title(title, fontsize=9)
+    if caption:
+        ax.text(0.5, -0.02, caption, transform=ax.transAxes, ha="center", va="top", fontsize=8)
     if colorbar:
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="saliency")
     path = Path(path)
@@ -556,7 +647,7 @@ def load_saliency_h5(path) -> dict:
                                         g["input_map"][()], None, g.attrs["path"] or None) for g in f.values()}
 
 
-def explain_manifest(manifest, model, out_dir, *, backbone=None, method: str = "gradcam", label=None,
+def explain_manifest(manifest, model, out_dir, *, backbone=None, method: str = "auto", label=None,
                      h5: bool = True, limit: int | None = None, **kwargs):
     """Explain every image of a manifest: one overlay PNG per image (and optionally one HDF5 file).
 
@@ -590,6 +681,7 @@ def explain_manifest(manifest, model, out_dir, *, backbone=None, method: str = "
     df = manifest if limit is None else manifest.head(limit)
     opts = {k: kwargs.pop(k) for k in ("faster_n", "smooth_samples", "smooth_noise", "batch_size") if k in kwargs}
     opts = {"faster_n": 32, "smooth_samples": 20, "smooth_noise": 0.2, "batch_size": 32, **opts}
+    method = resolve_method(model, method)
     ensemble = None if _is_keras_model(model) else _ensemble_members(model, backbone)
     target = None if ensemble else _make_target(model, backbone=backbone, method=method, label=label, **kwargs)
     for image_id, path in zip(df["image_id"], df["path"]):
@@ -611,3 +703,40 @@ def explain_manifest(manifest, model, out_dir, *, backbone=None, method: str = "
     if h5 and maps:
         save_saliency_h5(out / "saliency.h5", maps, ids=ids)
     return pd.DataFrame(rows)
+
+
+class _Explainer:
+    """``explain`` with the explanation model built once: ``explainer(image, path) -> Saliency``.
+
+    ``method`` holds the resolved method; ``deletion(image, saliency, rng)`` measures the deletion AUC
+    of the map and of one smooth random map in the model input's coordinates (NaN for ensembles).
+    """
+
+    def __init__(self, model, *, backbone=None, method="auto", label=None, labels=None, layer=None, resize="pad",
+                 faster_n=32, smooth_samples=20, smooth_noise=0.2, batch_size=32):
+        self.model, self.backbone, self.label = model, backbone, label
+        self.method = resolve_method(model, method)
+        self.opts = {"faster_n": faster_n, "smooth_samples": smooth_samples, "smooth_noise": smooth_noise,
+                     "batch_size": batch_size}
+        self.layer = layer
+        members = None if _is_keras_model(model) else _ensemble_members(model, backbone)
+        self.target = None if members else _make_target(model, backbone=backbone, method=self.method, label=label,
+                                                         labels=labels, layer=layer, resize=resize)
+
+    def __call__(self, image, path=None) -> Saliency:
+        if self.target is None:
+            return explain(image, self.model, backbone=self.backbone, method=self.method, label=self.label,
+                           layer=self.layer, **self.opts)
+        return _explain_with(self.target, image, path, self.method, **self.opts)
+
+    def deletion(self, image, saliency: Saliency, rng, *, steps: int = 20) -> dict:
+        from .faithfulness import deletion_auc, random_saliency
+
+        if self.target is None or saliency.input_map is None:
+            return {"deletion_auc": np.nan, "random_deletion_auc": np.nan}
+        x = prepare_image(image, self.target.input_size, mode=self.target.resize)
+        h, w = x.shape[:2]
+        rand = random_saliency((h, w), smooth=max(h, w) / 16.0, random_state=rng)
+        kw = {"steps": steps, "baseline": 0.0}
+        return {"deletion_auc": deletion_auc(x, saliency.input_map, self.target.proba, **kw),
+                "random_deletion_auc": deletion_auc(x, rand, self.target.proba, **kw)}

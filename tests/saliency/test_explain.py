@@ -17,7 +17,7 @@ from sklearn.svm import LinearSVC  # noqa: E402
 from cxr_embed import Backbone  # noqa: E402
 from cxr_embed.saliency._heads import linear_head, positive_proba  # noqa: E402
 from cxr_embed.exceptions import FingerprintMismatchError  # noqa: E402
-from cxr_embed.saliency.maps import METHODS, explain, explain_manifest, load_saliency_h5, save_overlay, save_saliency_h5  # noqa: E402
+from cxr_embed.saliency.maps import AUTO_METHODS, METHODS, explain, resolve_method, explain_manifest, load_saliency_h5, save_overlay, save_saliency_h5  # noqa: E402
 from cxr_embed.saliency.faithfulness import (  # noqa: E402
     deletion_auc,
     energy_in_mask,
@@ -95,7 +95,7 @@ def test_every_method_on_a_cnn_with_its_own_head(method):
     model = _tiny_cnn(n_out=2)
     image = np.random.default_rng(1).random((48, 36)).astype(np.float32)
     s = explain(image, model, method=method, label=1, labels=["a", "b"], faster_n=4, smooth_samples=3)
-    assert s.map.shape == (48, 36) and s.label == "b" and s.method == method
+    assert s.map.shape == (48, 36) and s.label == "b" and s.method == resolve_method(model, method)
     assert np.isfinite(s.map).all()
     assert s.score == pytest.approx(float(model(image_to_input(image))[0, 1]), abs=1e-5)
 
@@ -121,6 +121,18 @@ def test_non_differentiable_classifier_gets_scorecam_and_a_clear_error_for_gradc
     s = explain(images[0], rf, backbone=backbone, method="faster-scorecam", faster_n=4)
     assert s.map.shape == images[0].shape
     assert s.score == pytest.approx(rf.predict_proba(X[:1])[0, 1])
+
+
+def test_auto_method_by_model_kind_and_occlusion_through_a_tree_pipeline(backbone, embeddings):
+    images, X, y = embeddings
+    rf = RandomForestClassifier(n_estimators=10, random_state=0).fit(X, y)
+    lin = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
+    assert resolve_method(rf) == AUTO_METHODS["other"] and resolve_method(lin) == AUTO_METHODS["linear"]
+    assert resolve_method(_tiny_cnn(1)) == AUTO_METHODS["cnn"] and resolve_method(rf, "gradcam") == "gradcam"
+    s = explain(images[0], rf, backbone=backbone, method="occlusion")
+    assert s.method == "occlusion" and s.map.shape == images[0].shape and np.isfinite(s.map).all()
+    assert s.score == pytest.approx(rf.predict_proba(X[:1])[0, 1])
+    assert explain(images[0], lin, backbone=backbone).method == AUTO_METHODS["linear"]
 
 
 def test_scorecam_is_not_flat_for_sigmoid_models():
@@ -149,7 +161,7 @@ def test_classifier_needs_its_backbone_and_a_matching_fingerprint(backbone, embe
 
 def test_unknown_method_and_bad_image():
     with pytest.raises(ValueError, match="unknown method"):
-        explain(np.zeros((8, 8)), _tiny_cnn(1), method="occlusion")
+        explain(np.zeros((8, 8)), _tiny_cnn(1), method="lime")
     with pytest.raises(ValueError, match="2-D"):
         explain(np.zeros((8, 8, 3)), _tiny_cnn(1))
 
@@ -270,3 +282,15 @@ def test_ensembles_combine_member_maps(kind, embeddings):
     assert s.score == pytest.approx(ens.predict_proba([X[:1], X2[:1]])[0, 1], abs=1e-5)
     with pytest.raises(ValueError, match="2 members but 1 backbones"):
         explain(images[0], ens, backbone=[bb1])
+
+
+def test_auto_method_sees_through_multilabel_wrappers(embeddings):
+    from cxr_embed import MultiLabelClassifier
+
+    _, X, y = embeddings
+    import pandas as pd
+
+    Y = pd.DataFrame({"a": y, "b": 1 - y})
+    lin = MultiLabelClassifier(make_pipeline(StandardScaler(), LogisticRegression())).fit(X, Y)
+    rf = MultiLabelClassifier(RandomForestClassifier(n_estimators=5, random_state=0)).fit(X, Y)
+    assert resolve_method(lin) == AUTO_METHODS["linear"] and resolve_method(rf) == AUTO_METHODS["other"]
