@@ -252,35 +252,6 @@ def _pool_starts(ex: ProcessPoolExecutor, spec) -> bool:
         return False
 
 
-_CRASH_REASON = ("WorkerCrashError: the decoding worker process died while reading this file (a segmentation fault "
-                 "or an out-of-memory kill inside a native decoder); it was skipped and the run went on. Fix: look at "
-                 "the file with `cxr-embed info FILE` (it decodes in that process, which may crash too), then "
-                 "re-export or remove it")
-
-
-class _ProcessPool:
-    """Spawned decoding workers that can be replaced when one dies.
-
-    Calling it submits a chunk (a future of ``_read_and_prepare``); :meth:`respawn` replaces a pool
-    broken by a worker's death (``BrokenProcessPool``), so that :func:`_stream` can find the file
-    that killed it and go on.
-    """
-
-    def __init__(self, workers: int, ctx, args: tuple):
-        self._workers, self._ctx, self._args = workers, ctx, args
-        self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-
-    def __call__(self, items):
-        return self.executor.submit(_read_and_prepare, items, *self._args)
-
-    def respawn(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        self.executor = ProcessPoolExecutor(max_workers=self._workers, mp_context=self._ctx)
-
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        self.executor.shutdown(wait=wait, cancel_futures=cancel_futures)
-
-
 def _library_prepare(backbone) -> bool:
     """Whether ``backbone.prepare`` is :meth:`cxr_embed.Backbone.prepare` itself (not overridden or wrapped).
 
@@ -301,10 +272,13 @@ def _make_executor(kind: str, workers: int, backbone, max_pixels=DEFAULT_MAX_PIX
     if kind == "process" or (kind == "auto" and workers > 1):
         if spec is not None:
             ctx = multiprocessing.get_context("spawn")  # never fork a process that runs TensorFlow
-            pool = _ProcessPool(workers, ctx, (spec, max_pixels))
-            if _pool_starts(pool.executor, spec):
-                return pool, pool
-            ex = pool.executor
+            ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+            if _pool_starts(ex, spec):
+
+                def task(items, _ex=ex):
+                    return _ex.submit(_read_and_prepare, items, spec, max_pixels)
+
+                return ex, task
             ex.shutdown(wait=False, cancel_futures=True)
             if kind == "process":
                 raise RuntimeError(
@@ -336,13 +310,8 @@ def _make_executor(kind: str, workers: int, backbone, max_pixels=DEFAULT_MAX_PIX
     return ex, task
 
 
-def _stream(items: list[tuple[int, str]], executor: Any, task, chunk: int, window: int) -> Iterator:
-    """Yield (index, array or None, reason) in input order, at most ``window`` chunks in flight.
-
-    When a worker process dies (``BrokenProcessPool``), the chunks in flight are decoded again one
-    file at a time in fresh pools: the file that kills its worker again is reported as a failure, the
-    others are decoded, and the run goes on.
-    """
+def _stream(items: list[tuple[int, str]], executor: Executor | None, task, chunk: int, window: int) -> Iterator:
+    """Yield (index, array or None, reason) in input order, at most ``window`` chunks in flight."""
     chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
     if executor is None:
         for c in chunks:
@@ -350,32 +319,16 @@ def _stream(items: list[tuple[int, str]], executor: Any, task, chunk: int, windo
         return
     pending: collections.deque = collections.deque()
     it = iter(chunks)
-
-    def fill():
-        while len(pending) < window:
-            c = next(it, None)
-            if c is None:
-                return
-            try:
-                pending.append((c, task(c)))
-            except BrokenProcessPool:  # the pool broke since the last result: redo from here
-                pending.append((c, None))
-
-    fill()
+    for c in it:
+        pending.append(task(c))
+        if len(pending) >= window:
+            break
     while pending:
-        c, fut = pending.popleft()
-        try:
-            if fut is None:
-                raise BrokenProcessPool("the pool was already broken")
-            results = fut.result()
-        except BrokenProcessPool:
-            if not hasattr(task, "respawn"):
-                raise
-            redo = [c, *(pc for pc, _ in pending)]
-            pending.clear()
-            results = list(_isolate([item for ch in redo for item in ch], task))
-        fill()
-        yield from _three_channels(results)
+        fut = pending.popleft()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append(task(nxt))
+        yield from _three_channels(fut.result())
 
 
 def _three_channels(results):
@@ -383,18 +336,6 @@ def _three_channels(results):
         if arr is not None and arr.ndim == 2:  # one channel from a worker: back to (h, w, 3)
             arr = np.repeat(arr[:, :, None], 3, axis=2)
         yield idx, arr, reason
-
-
-def _isolate(items: list[tuple[int, str]], task) -> Iterator:
-    """Decode ``items`` one per task in a fresh pool; a file whose worker dies again is a failure."""
-    task.respawn()
-    for item in items:
-        try:
-            yield from task([item]).result()
-        except BrokenProcessPool:
-            logger.warning("decoding %s killed its worker process; skipped", item[1])
-            yield item[0], None, _CRASH_REASON
-            task.respawn()
 
 
 def _accepts_batch_size(fn) -> bool:
