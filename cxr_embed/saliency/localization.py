@@ -48,7 +48,8 @@ class LocalizationResult:
     per_image : DataFrame
         One row per boxed image: ``image_id``, ``patient_id``, ``path``, ``n_boxes``,
         ``box_fraction`` (share of the image inside the boxes), ``score`` (the model's
-        probability), ``peak_x``, ``peak_y`` (the map's maximum), ``pointing`` (1 hit, 0 miss),
+        probability), ``peak_x``, ``peak_y`` (the map's maximum), ``pointing`` (1 hit, 0 miss;
+        a tied maximum scores the share of its pixels inside),
         ``energy``, ``iou`` and the same three metrics of each baseline (``random_pointing`` ...),
         plus ``deletion_auc`` and ``random_deletion_auc`` when measured.
     summary : DataFrame

@@ -43,7 +43,8 @@ def test_localize_writes_tables_overlays_and_html(work, capsys):
     assert rc == 0, err
     assert "8 boxed images explained with gradcam: pointing game" in stdout
     table = pd.read_csv(out / "localization.csv")
-    assert len(table) == 8 and set(table["pointing"]) <= {0.0, 1.0}
+    # 1 hit, 0 miss; a tied maximum (a flat map of this random CNN) scores the share of its pixels inside
+    assert len(table) == 8 and table["pointing"].between(0.0, 1.0).all()
     summary = pd.read_csv(out / "summary.csv")
     assert {"explanation", "random", "centre", "lungs", "chance"} == set(summary["map"])
     assert len(list((out / "overlays").glob("*.png"))) == 4
