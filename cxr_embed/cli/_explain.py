@@ -130,50 +130,6 @@ def _backbone_from_args(args: argparse.Namespace):
                               input_size=args.input_size, resize=resize)
 
 
-def backbone_from_config(config: dict):
-    """Rebuild a Backbone from its ``Backbone.config`` (as stored in an embedding store).
-
-    Parameters
-    ----------
-    config : dict
-        ``name``, ``source``, ``weights``, ``layer``, ``pooling``, ``input_size``, ``preprocess``
-        and ``preprocessing`` (``mode``), as written by :attr:`cxr_embed.Backbone.config`.
-
-    Returns
-    -------
-    Backbone
-
-    Raises
-    ------
-    BackboneError
-        When the configuration cannot be rebuilt (an in-memory model, a missing model file,
-        random weights, which cannot be reproduced).
-    """
-    import cxr_embed
-
-    layer = config.get("layer")
-    if isinstance(layer, list) and len(layer) == 1:
-        layer = layer[0]
-    common = {"layer": layer, "pooling": config.get("pooling", "avg"),
-              "input_size": tuple(config["input_size"]) if config.get("input_size") else None,
-              "resize": (config.get("preprocessing") or {}).get("mode", "pad")}
-    weights = config.get("weights")
-    if config.get("source") == "keras_model":
-        if not weights or weights == "in-memory" or not os.path.isfile(str(weights)):
-            raise cxr_embed.BackboneError(
-                f"the backbone {config.get('name')!r} was built from "
-                f"{'an in-memory Keras model' if weights in (None, 'in-memory') else repr(weights)}, which cannot "
-                "be reloaded; fix: pass --backbone MODEL.keras (with --layer/--pooling/--preprocess as at "
-                "extraction time)")
-        return cxr_embed.Backbone.from_keras(weights, preprocess=config.get("preprocess", "none"),
-                                             name=config.get("name"), **common)
-    if weights is None:
-        raise cxr_embed.BackboneError(
-            f"the backbone {config.get('name')!r} had random weights (weights=None), which cannot be rebuilt "
-            "identically; fix: explain with a backbone saved to a file (--backbone MODEL.keras)")
-    return cxr_embed.Backbone(config["name"], weights=weights, **common)
-
-
 def _bundle_backbone(args: argparse.Namespace, bundle: Any):
     """The bundle's backbone: from --backbone options, a config in the bundle, or the store's record."""
     import cxr_embed
@@ -206,7 +162,11 @@ def _bundle_backbone(args: argparse.Namespace, bundle: Any):
                     f"{[k[:12] for k in groups]}); fix: pass --store with the store the bundle was fitted from, "
                     "or --backbone options")
             config, origin = groups[fp]["config"], f"the record in {store_path}"
-        backbone = backbone_from_config(config)
+        try:  # the fingerprint is checked below, against the bundle's, with the CLI's own hint
+            backbone = cxr_embed.Backbone.from_config(config, check_fingerprint=False)
+        except (cxr_embed.BackboneError, cxr_embed.WeightsError) as e:
+            raise type(e)(f"{e}; or pass --backbone NAME/MODEL.keras (with --layer/--pooling/--preprocess as at "
+                          "extraction time)") from e
     if backbone.fingerprint != fp:
         raise cxr_embed.FingerprintMismatchError(
             f"the backbone rebuilt from {origin} has fingerprint {backbone.fingerprint[:12]}... but {args.model} was "
