@@ -54,7 +54,7 @@ _LAZY = {
     "ClinicalFeatures": "cxr_embed.learn.clinical",
     "with_clinical": "cxr_embed.learn.clinical",
     "clinical_importance": "cxr_embed.learn.clinical",
-    "plot_importance": "cxr_embed.learn.clinical",
+    "plot_importance": "cxr_embed.evaluate.figures",
     "ComBat": "cxr_embed.learn.harmonization",
     "ray_backend": "cxr_embed.learn.distributed",
     "evaluate_predictions": "cxr_embed.evaluate.metrics",

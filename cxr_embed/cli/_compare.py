@@ -46,6 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--external", default=None, help="external test manifest (same label columns)")
     p.add_argument("--backbones", default="efficientnet_lite0", help="comma-separated embedding backbones")
     p.add_argument("--classifiers", default="logreg,random_forest", help="comma-separated classifiers")
+    p.add_argument("--clinical", default=None, metavar="COLS",
+                   help="comma-separated manifest columns used beside the embeddings (e.g. age,sex,view): scaled, "
+                        "imputed and one-hot encoded inside each training fold; stacking and fine-tuning use the "
+                        "images alone (the table's clinical column says so)")
     p.add_argument("--approaches", default="stacking,embeddings,fine-tuning",
                    help="comma-separated subset of stacking, embeddings, fine-tuning")
     p.add_argument("--store", default=None, help="embedding store (default OUT/embeddings.h5)")
@@ -78,6 +82,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         external=args.external,
         backbones=_csv_list(args.backbones),
         classifiers=_csv_list(args.classifiers),
+        clinical=_csv_list(args.clinical),
         approaches=_csv_list(args.approaches),
         store=args.store,
         n_splits=args.cv,

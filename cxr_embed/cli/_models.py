@@ -68,6 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clinical", default=None, metavar="COLS",
                    help="comma-separated manifest columns used beside the embeddings (e.g. age,sex,view): scaled, "
                         "imputed and one-hot encoded inside each training fold; evaluate/predict read them too")
+    p.add_argument("--importance-permutations", type=int, default=5, metavar="N",
+                   help="with --clinical and --cv: permutation importance of each clinical column and of the image "
+                        "block on held-out patient-grouped folds (N shuffles per block and fold, default 5; 0 skips); "
+                        "stored in the bundle and shown by cxr-embed evaluate's report")
     p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True, help="bundle directory to write")
@@ -83,6 +87,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "subgroups). Uncertain (-1) and missing labels are left out of each label's metrics.")
     data_args(p)
     p.add_argument("--model", required=True, help="bundle directory (cxr-embed fit)")
+    p.add_argument("--saliency", default=None, metavar="DIR",
+                   help="folder written by cxr-embed explain: its overlays are shown in the report (the first 24), "
+                        "after the importance of the clinical columns when the model used some")
     p.add_argument("--subgroups", default="auto",
                    help="comma-separated manifest columns for subgroup AUCs; 'auto' = sex, view, site, age "
                         "bands where present; 'none' to skip")
@@ -184,8 +191,8 @@ def _with_clinical(manifest: Any, X: Any, columns: list[str] | None) -> Any:
 
     missing = [c for c in columns if c not in manifest.columns]
     if missing:
-        raise cxr_embed.ManifestError(f"clinical column(s) {missing} are not in the manifest (it has "
-                                      f"{list(manifest.columns)}); fix: add them or change --clinical")
+        raise cxr_embed.ClinicalDataError(f"clinical column(s) {missing} are not in the manifest (it has "
+                                          f"{list(manifest.columns)}); fix: add them or change --clinical")
     return clinical_frame(X, manifest[list(columns)])
 
 
@@ -219,6 +226,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
           f"{args.classifier} with policy {policy}")
     try:
         summary = _cross_validate_and_fit(args, estimator, X, Y, groups)
+        importance = _importance(args, base, X, Y, groups) if clinical else {}
     except ValueError as e:  # e.g. fewer patients than folds; CxrEmbedError subclasses go to main()
         if isinstance(e, cxr_embed.CxrEmbedError):
             raise
@@ -228,6 +236,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
              "manifest": str(args.manifest), "n_images": int(len(manifest)), "n_patients": int(len(set(groups))),
              # so `cxr-embed explain` can rebuild the backbone without the store
              "backbone_config": cxr_embed.EmbeddingStore(args.store, mode="r").info()["backbones"][fp].get("config")}
+    if importance:  # label -> clinical_importance table, for cxr-embed evaluate's report
+        extra["importance"] = {lab: {"table": t.to_dict("records"),
+                                     "attrs": {k: v for k, v in t.attrs.items() if k != "per_fold"}}
+                               for lab, t in importance.items()}
     path = cxr_embed.save_model(args.out, estimator, labels=labels, backbone_fingerprint=fp, manifest=manifest,
                                 metrics=summary, extra=extra, overwrite=args.overwrite, key=key)
     print(f"model bundle written to {path}")
@@ -250,6 +262,78 @@ def _cross_validate_and_fit(args: argparse.Namespace, estimator: Any, X: Any, Y:
         print(f"macro AUC {cv.mean_auc:.3f}")
     estimator.fit(X, Y, groups=groups)
     return summary
+
+
+def _importance(args: argparse.Namespace, base: Any, X: Any, Y: Any, groups: Any) -> dict:
+    """Per label: :func:`cxr_embed.clinical_importance` of the clinical columns and the image block.
+
+    Computed on the rows where the label is certain (1/0), over ``--cv`` patient-grouped folds;
+    a label that cannot be scored (one class, fewer patients than folds) is skipped with a note.
+    """
+    import numpy as np
+
+    from cxr_embed.learn.clinical import clinical_importance
+
+    if not args.cv or args.cv < 2 or args.importance_permutations <= 0:
+        return {}
+    out = {}
+    for lab in Y.columns:
+        y = Y[lab].to_numpy(dtype=float)
+        known = np.isin(y, (0.0, 1.0))
+        try:
+            t = clinical_importance(base, X.iloc[np.flatnonzero(known)], y[known].astype(int), groups[known],
+                                    n_splits=args.cv, n_permutations=args.importance_permutations,
+                                    random_state=args.seed, n_jobs=args.n_jobs)
+        except ValueError as e:
+            import cxr_embed
+
+            if isinstance(e, cxr_embed.CxrEmbedError):
+                raise
+            print(f"note: importance of label {lab!r} not computed: {e}", file=sys.stderr)
+            continue
+        print(f"importance for {lab} (ROC AUC lost when shuffled, held-out folds, "
+              f"{t.attrs['ci']:.0%} CI; {args.cv} folds x {args.importance_permutations} shuffles):")
+        _print_table(t.set_index("feature")[["kind", "importance", "ci_low", "ci_high", "baseline_auc"]])
+        out[str(lab)] = t
+    return out
+
+
+def _stored_importance(bundle: Any) -> dict:
+    """The importance tables ``cxr-embed fit --clinical`` stored in the bundle, as DataFrames."""
+    import pandas as pd
+
+    out = {}
+    for lab, item in ((bundle.extra or {}).get("importance") or {}).items():
+        t = pd.DataFrame(item.get("table") or [])
+        t.attrs.update(item.get("attrs") or {})
+        if len(t):
+            out[str(lab)] = t
+    return out
+
+
+def _saliency_images(folder: str) -> dict:
+    """Caption -> overlay PNG of a ``cxr-embed explain`` output folder (its explanations.csv), first 24."""
+    import math
+    from pathlib import Path
+
+    import pandas as pd
+
+    import cxr_embed
+
+    table_path = Path(folder) / "explanations.csv"
+    if not table_path.is_file():
+        raise cxr_embed.InvalidInputError(f"{folder}: no explanations.csv; fix: pass the --out folder of cxr-embed "
+                                          "explain to --saliency")
+    table = pd.read_csv(table_path)
+    images = {}
+    for row in table.dropna(subset=["overlay"]).head(24).itertuples():
+        png = Path(str(row.overlay))
+        if not png.is_file():  # the folder was moved: the overlays sit beside explanations.csv
+            png = Path(folder) / png.name
+        score = getattr(row, "score", math.nan)
+        caption = f"{row.image_id}" + (f" (score {float(score):.2f})" if pd.notna(score) else "")
+        images[caption] = png
+    return images
 
 
 def _subgroups(manifest: Any, spec: str) -> dict:
@@ -300,13 +384,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     metrics.to_csv(out / "metrics.csv", index=False)
+    importance = _stored_importance(bundle)
+    images = _saliency_images(args.saliency) if args.saliency else None
+    note = None
+    if importance:
+        note = (f"Measured by cxr-embed fit on its training manifest ({bundle.extra.get('manifest', '?')}): "
+                f"permutation importance on held-out patient-grouped folds "
+                f"({next(iter(importance.values())).attrs.get('n_folds', '?')} folds, "
+                f"{next(iter(importance.values())).attrs.get('n_permutations', '?')} shuffles per block and fold), "
+                "the ROC AUC lost when a block is shuffled; the image is one block. CIs: t over folds, "
+                "Nadeau & Bengio corrected.")
     notes = [f"model {args.model} ({bundle.extra.get('classifier', '?')}, policy {bundle.extra.get('policy', '?')}), "
              f"trained {bundle.created} on manifest hash {bundle.manifest_hash}",
              f"evaluated on {args.manifest}: {len(manifest)} images, {len(set(groups))} patients; "
              f"embeddings {bundle.backbone_fingerprint[:12]} from {args.store}",
              "Uncertain (-1) and missing labels are left out of each label's metrics; CIs resample patients."]
     index = cxr_embed.write_report(out, title=f"cxr-embed evaluation: {Path(args.model).name}", metrics=metrics,
-                                   y_true=truth, y_score=proba, labels=labels, notes=notes)
+                                   y_true=truth, y_score=proba, labels=labels, notes=notes,
+                                   importance=(importance if len(importance) > 1 else next(iter(importance.values())))
+                                   if importance else None, importance_note=note, images=images)
     auc = metrics[(metrics["metric"] == "auc") & (metrics["subgroup"] == "all")]
     _print_table(auc[["label", "value", "ci_low", "ci_high", "n", "n_pos"]].set_index("label"))
     print(f"report written to {index}")

@@ -1,4 +1,5 @@
-"""The report's figures: one palette for every plot, the forest plot, ROC and calibration curves.
+"""The report's figures: one palette for every plot, the forest plot, ROC and calibration curves,
+the importance bars of the image and the clinical variables.
 
 Every function draws on a :class:`matplotlib.figure.Figure` with an explicit
 ``FigureCanvasAgg``: no pyplot, no global backend switch, nothing happens on import, and it
@@ -23,7 +24,7 @@ from numpy.typing import ArrayLike
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-__all__ = ["PALETTE", "color_map", "plot_forest", "plot_roc", "plot_calibration"]
+__all__ = ["PALETTE", "color_map", "plot_forest", "plot_roc", "plot_calibration", "plot_importance"]
 
 logger = logging.getLogger(__name__)
 
@@ -361,5 +362,63 @@ def plot_forest(table: pd.DataFrame, *, estimate: str = "auc", low: str = "ci_lo
         fig.suptitle(title, fontsize="medium")
     fig.subplots_adjust(left=0.11 * 10.5 / width, right=right, top=1 - (0.3 + (0.25 if title else 0)) / height,
                         bottom=0.45 / height, wspace=0.05)
+    _save(fig, path)
+    return fig
+
+
+def plot_importance(table: pd.DataFrame, path: str | os.PathLike | None = None, *,
+                    title: str = "Importance (AUC lost when shuffled)") -> "Figure":
+    """Horizontal bars with CIs of an importance table, most important on top.
+
+    The table of :func:`cxr_embed.learn.clinical.clinical_importance`: one bar per block (the
+    image as a whole, each clinical variable), its mean held-out AUC lost when shuffled and the
+    interval. The image block takes the palette's first colour, clinical variables its second.
+
+    Parameters
+    ----------
+    table : DataFrame of shape (n_blocks, >= 4)
+        Columns ``feature``, ``importance``, ``ci_low``, ``ci_high`` (and ``kind``, optional:
+        ``"image"`` rows are coloured apart), most important first.
+    path : str or Path, optional
+        Write a PNG there (no pyplot state is touched).
+    title : str
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        A required column is missing, or the table is empty.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"feature": ["image", "age"], "importance": [0.2, 0.01],
+    ...                   "ci_low": [0.1, -0.01], "ci_high": [0.3, 0.03]})
+    >>> plot_importance(t).axes[0].get_xlabel()
+    'ROC AUC lost'
+    """
+    t = pd.DataFrame(table)
+    missing = [c for c in ("feature", "importance", "ci_low", "ci_high") if c not in t.columns]
+    if missing:
+        raise ValueError(f"plot_importance: the table has no column(s) {missing}; it has {list(t.columns)}. "
+                         "Pass the table of cxr_embed.clinical_importance.")
+    if t.empty:
+        raise ValueError("plot_importance: no rows to draw.")
+    t = t.iloc[::-1]
+    fig = _figure(figsize=(5.5, 0.45 * len(t) + 1.2), dpi=110)
+    ax = fig.add_subplot(1, 1, 1)
+    est = t["importance"].to_numpy(dtype=float)
+    lo = np.clip(est - t["ci_low"].to_numpy(dtype=float), 0, None)
+    hi = np.clip(t["ci_high"].to_numpy(dtype=float) - est, 0, None)
+    image = (t["kind"] == "image").to_numpy() if "kind" in t.columns else (t["feature"] == "image").to_numpy()
+    ax.barh(t["feature"].astype(str), est, xerr=np.vstack([np.nan_to_num(lo), np.nan_to_num(hi)]),
+            color=np.where(image, PALETTE[0], PALETTE[1]), capsize=3)
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set_xlabel("ROC AUC lost")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
     _save(fig, path)
     return fig

@@ -10,7 +10,12 @@ of one model's evaluation; :meth:`cxr_embed.transfer.compare.ComparisonResult.wr
 that of a comparison. The same fragments render in Jupyter (:func:`fragment_html`).
 
 The figures themselves live in :mod:`cxr_embed.evaluate.figures` (re-exported here:
-:func:`plot_roc`, :func:`plot_calibration`, :func:`plot_forest`).
+:func:`plot_roc`, :func:`plot_calibration`, :func:`plot_forest`, :func:`plot_importance`).
+
+A model that used clinical variables beside the embeddings gets an importance section
+(:meth:`Report.add_importance`, ``write_report(..., importance=table)``) before the images
+(saliency maps): the table of :func:`cxr_embed.learn.clinical.clinical_importance`, computed by
+the caller (this module knows no estimator), as bars with CIs and as a table.
 """
 from __future__ import annotations
 
@@ -27,12 +32,13 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from .figures import color_map, plot_calibration, plot_forest, plot_roc
+from ..exceptions import InvalidInputError
+from .figures import color_map, plot_calibration, plot_forest, plot_importance, plot_roc
 from .formatting import FormattedTable, format_metrics_table
 from .metrics import metrics_to_json
 
-__all__ = ["Report", "write_report", "fragment_html", "image_data_uri", "check_image", "plot_roc", "plot_calibration",
-           "plot_forest"]
+__all__ = ["Report", "write_report", "fragment_html", "image_data_uri", "check_image", "check_importance",
+           "importance_table", "plot_roc", "plot_calibration", "plot_forest", "plot_importance"]
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +213,103 @@ def fragment_html(parts: Sequence[str]) -> str:
     return f'<div class="cxr"><style>{css}</style>' + "".join(parts) + "</div>"
 
 
+# --------------------------------------------------------------------------- importance
+_IMPORTANCE_COLUMNS = ("feature", "importance", "ci_low", "ci_high")
+
+
+def check_importance(importance: Any) -> dict[str | None, pd.DataFrame]:
+    """Importance tables by label (``None`` for a single table), checked before anything is written.
+
+    Parameters
+    ----------
+    importance : DataFrame or dict of str -> DataFrame
+        The table of :func:`cxr_embed.learn.clinical.clinical_importance` (one label), or one
+        table per label.
+
+    Returns
+    -------
+    dict of str or None -> DataFrame
+
+    Raises
+    ------
+    InvalidInputError
+        Not a table (or a dict of tables), empty, or without the columns ``feature``,
+        ``importance``, ``ci_low``, ``ci_high``.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"feature": ["image"], "importance": [0.2], "ci_low": [0.1], "ci_high": [0.3]})
+    >>> list(check_importance(t)), list(check_importance({"opacity": t}))
+    ([None], ['opacity'])
+    """
+    if isinstance(importance, pd.DataFrame):
+        tables: dict[str | None, Any] = {None: importance}
+    elif isinstance(importance, Mapping):
+        tables = {str(k): v for k, v in importance.items()}
+    else:
+        raise InvalidInputError(f"importance must be a DataFrame from cxr_embed.clinical_importance or a dict label -> "
+                                f"DataFrame; got {type(importance).__name__}")
+    if not tables:
+        raise InvalidInputError("importance is an empty dict; pass None for no importance section")
+    for label, t in tables.items():
+        where = "importance" if label is None else f"importance[{label!r}]"
+        if not isinstance(t, pd.DataFrame):
+            raise InvalidInputError(f"{where} must be a DataFrame, got {type(t).__name__}")
+        missing = [c for c in _IMPORTANCE_COLUMNS if c not in t.columns]
+        if missing or t.empty:
+            raise InvalidInputError(f"{where} has no column(s) {missing} or no rows (it has {list(t.columns)}); "
+                                    "fix: pass the table of cxr_embed.clinical_importance")
+    return tables
+
+
+def importance_table(table: pd.DataFrame, *, caption: str | None = None, csv_name: str = "importance.csv",
+                     max_rows: int = 20) -> FormattedTable:
+    """An importance table for people: block, kind, AUC lost [CI], held-out AUC, folds.
+
+    Parameters
+    ----------
+    table : DataFrame of shape (n_blocks, n_columns)
+        From :func:`cxr_embed.learn.clinical.clinical_importance`.
+    caption : str, optional
+    csv_name : str, default="importance.csv"
+        Name of the attached CSV (the unformatted numbers).
+    max_rows : int, default=20
+        Longer tables fold.
+
+    Returns
+    -------
+    FormattedTable
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"feature": ["image", "age"], "kind": ["image", "numeric"], "importance": [0.2, 0.0],
+    ...                   "ci_low": [0.1, -0.01], "ci_high": [0.3, 0.01], "n_folds": [5, 5]})
+    >>> importance_table(t).frame.columns.tolist()
+    ['block', 'kind', 'AUC lost [95% CI]', 'folds']
+    """
+    cols = [c for c in ("feature", "kind", "n_columns", "importance", "ci_low", "ci_high", "baseline_auc", "n_folds")
+            if c in table.columns]
+    t = table[cols].copy()
+    t.attrs = dict(table.attrs)
+    level = float(table.attrs.get("ci", 0.95))
+    rename = {"feature": "block", "n_columns": "columns", f"importance [{level:.0%} CI]": f"AUC lost [{level:.0%} CI]",
+              "baseline_auc": "held-out AUC", "n_folds": "folds"}
+    return FormattedTable.from_frame(t, caption=caption, max_rows=max_rows, csv_name=csv_name, rename=rename)
+
+
+def _importance_text(table: pd.DataFrame) -> str:
+    a = table.attrs
+    how = (f" ({a['n_folds']} folds, {a['n_permutations']} shuffles per block and fold)"
+           if "n_folds" in a and "n_permutations" in a else "")
+    ci = f"{float(a.get('ci', 0.95)):.0%}"
+    return (f"Permutation importance on held-out patient-grouped folds{how}: the ROC AUC the model loses when one "
+            "block is shuffled among the test images. The image is one block (all its embedding columns move "
+            f"together). {ci} CI: t interval over the folds with the Nadeau & Bengio correction. Near zero or "
+            "below: the model does not rely on it; correlated blocks share importance.")
+
+
 # --------------------------------------------------------------------------- page
 class Report:
     """An HTML report, built section by section and written as one self-contained file.
@@ -310,6 +413,49 @@ class Report:
                           css_class="meta")
         self.add_table(format_metrics_table(metrics, auc_only=True))
 
+    def add_importance(self, importance: pd.DataFrame | Mapping[str, pd.DataFrame], *,
+                       heading: str = "Importance of the image and of each clinical variable",
+                       text: str | None = None, out: str | os.PathLike | None = None) -> None:
+        """A section on what the model relies on: bars with CIs, then the table, per label.
+
+        Parameters
+        ----------
+        importance : DataFrame or dict of str -> DataFrame
+            The table of :func:`cxr_embed.learn.clinical.clinical_importance` (computed by the
+            caller, on held-out folds), or one per label.
+        heading : str
+        text : str, optional
+            A line under the heading; default: how the importance was measured (from the
+            table's ``attrs``: folds, shuffles, CI level).
+        out : str or Path, optional
+            Folder that receives ``importance.png`` and ``importance.csv`` (one per label,
+            ``importance_<label>.*``, for a dict of several).
+
+        Raises
+        ------
+        InvalidInputError
+            See :func:`check_importance`.
+        """
+        tables = check_importance(importance)
+        first = next(iter(tables.values()))
+        self.add_section(heading, text=text if text is not None else _importance_text(first))
+        for label, t in tables.items():
+            stem = "importance" if len(tables) == 1 else f"importance_{_slug(label)}"
+            if label is not None and len(tables) > 1:
+                self.add_subsection(str(label))
+            title = "AUC lost when shuffled" + ("" if label is None else f": {label}")
+            path = None if out is None else Path(out) / f"{stem}.png"
+            fig = plot_importance(t, path, title=title)
+            base = t.attrs.get("baseline_auc", t["baseline_auc"].iloc[0] if "baseline_auc" in t.columns else None)
+            caption = ("Held-out ROC AUC lost when each block is shuffled, with its CI (0: not used)"
+                       + (f"; held-out AUC {float(base):.3f} unshuffled" if base is not None and np.isfinite(base)
+                          else ""))
+            self.add_figure(path if path is not None else fig, caption)
+            _close(fig)
+            if out is not None:
+                t.to_csv(Path(out) / f"{stem}.csv", index=False)
+            self.add_table(importance_table(t, csv_name=f"{stem}.csv"))
+
     def to_html(self, *, fragment: bool = False) -> str:
         """The page (or, with ``fragment=True``, the body for Jupyter) as a string."""
         if fragment:
@@ -360,12 +506,15 @@ def write_report(
     images: Mapping[str, Any] | None = None,
     notes: str | Sequence[str] | None = None,
     summary: str | Sequence[str] | None = None,
+    importance: pd.DataFrame | Mapping[str, pd.DataFrame] | None = None,
+    importance_note: str | None = None,
 ) -> Path:
     """Write one self-contained HTML report of one model's evaluation.
 
     The page reads top to bottom: the summary (when given); the AUC per label as a forest
-    plot, then as a table; the ROC and calibration plots side by side; further tables; images
-    in a grid with their captions; notes; and the full metrics table, folded.
+    plot, then as a table; the ROC and calibration plots side by side; further tables; the
+    importance of the image and of each clinical variable (when given); images (saliency
+    maps) in a grid with their captions; notes; and the full metrics table, folded.
 
     Parameters
     ----------
@@ -390,11 +539,27 @@ def write_report(
         Free text paragraphs (e.g. data provenance, caveats).
     summary : str or list of str, optional
         Sentences shown first, in a box (the answer the reader came for).
+    importance : DataFrame or dict of str -> DataFrame, optional
+        For a model that used clinical variables beside the embeddings: the table of
+        :func:`cxr_embed.learn.clinical.clinical_importance` (each clinical variable and the
+        image block, AUC lost on held-out folds with CIs), or one per label. The caller computes
+        it (this module fits nothing); shown as bars (:func:`plot_importance`, written to
+        ``importance.png``) and a table (``importance.csv``), just before the images.
+    importance_note : str, optional
+        The line under the importance heading (default: how it was measured, from the table's
+        ``attrs``), e.g. which data and folds it comes from.
 
     Returns
     -------
     Path
         Path of ``index.html``.
+
+    Raises
+    ------
+    InvalidInputError
+        ``importance`` is not an importance table (see :func:`check_importance`).
+    FileNotFoundError, ValueError
+        An image is missing or unusable (see :func:`check_image`).
 
     Examples
     --------
@@ -406,6 +571,10 @@ def write_report(
     >>> path.name
     'index.html'
     """
+    if importance is not None:
+        check_importance(importance)  # a malformed table fails before anything is written
+    for path in (images or {}).values():
+        check_image(path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     page = Report(title)
@@ -430,9 +599,9 @@ def write_report(
     for name, df in (tables or {}).items():
         page.add_section(str(name))
         page.add_table(df if isinstance(df, FormattedTable) else pd.DataFrame(df), csv_name=_slug(name) + ".csv")
+    if importance is not None:
+        page.add_importance(importance, text=importance_note, out=out)
     if images:
-        for path in images.values():
-            check_image(path)  # a missing file fails before the page is written
         page.add_section("Images")
         page.add_gallery(images)
     if notes:

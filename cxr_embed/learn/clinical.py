@@ -10,7 +10,9 @@ hands each fold's rows to :class:`ClinicalFeatures`, which learns its scaling, i
 one-hot categories from the training rows only and applies them to the held-out rows.
 
 :func:`clinical_importance` measures, on held-out patient-grouped folds, how much ROC AUC is
-lost when one column (or the whole image block) is shuffled among the test images.
+lost when one column (or the whole image block) is shuffled among the test images; its table is
+drawn by :func:`~cxr_embed.evaluate.figures.plot_importance` (re-exported here) and shown in the
+HTML report by ``write_report(..., importance=table)``.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
+from ..evaluate.figures import plot_importance  # re-exported: the figure lives with the report's figures
 from ..exceptions import ClinicalDataError
 from .classifiers import GroupedPipeline, make_classifier
 
@@ -518,43 +521,3 @@ def clinical_importance(estimator: Any, X: Any, y: Any, groups: Any, *, clinical
     table.attrs.update({"ci": ci, "n_folds": k, "n_permutations": n_permutations, "per_fold": per_fold,
                         "metric": "roc_auc drop"})
     return table
-
-
-def plot_importance(table: pd.DataFrame, path: Any = None, *, title: str = "Importance (AUC lost when shuffled)"):
-    """Horizontal bars with CIs of a :func:`clinical_importance` table, as a PNG or a Figure.
-
-    Parameters
-    ----------
-    table : DataFrame
-        From :func:`clinical_importance`.
-    path : str or Path, optional
-        Write a PNG there (no pyplot state is touched).
-    title : str
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-
-    Examples
-    --------
-    >>> import pandas as pd
-    >>> t = pd.DataFrame({"feature": ["image", "age"], "importance": [0.2, 0.01],
-    ...                   "ci_low": [0.1, -0.01], "ci_high": [0.3, 0.03]})
-    >>> plot_importance(t).axes[0].get_xlabel()
-    'ROC AUC lost'
-    """
-    from matplotlib.figure import Figure
-
-    t = table.iloc[::-1]
-    fig = Figure(figsize=(5.5, 0.45 * len(t) + 1.2), dpi=110)
-    ax = fig.add_subplot(1, 1, 1)
-    lo = (t["importance"] - t["ci_low"]).to_numpy(dtype=float)
-    hi = (t["ci_high"] - t["importance"]).to_numpy(dtype=float)
-    ax.barh(t["feature"].astype(str), t["importance"], xerr=np.vstack([lo, hi]), color="#4c72b0", capsize=3)
-    ax.axvline(0.0, color="black", lw=0.8)
-    ax.set_xlabel("ROC AUC lost")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path)
-    return fig

@@ -204,8 +204,10 @@ def soft_to_weighted(X: Any, y_soft: Any, sample_weight: Any = None) -> tuple[An
 
     Returns
     -------
-    X_out : ndarray of shape (n_out, dim)
-        Hard rows first (in input order), then the negative copies of soft rows.
+    X_out : ndarray of shape (n_out, dim), or DataFrame
+        Hard rows first (in input order), then the negative copies of soft rows. A DataFrame
+        (embeddings beside clinical columns, :mod:`cxr_embed.learn.clinical`) stays one, with
+        its columns and dtypes and a fresh index.
     y_out : ndarray of int64 of shape (n_out,)
     weight_out : ndarray of float64 of shape (n_out,)
 
@@ -216,7 +218,8 @@ def soft_to_weighted(X: Any, y_soft: Any, sample_weight: Any = None) -> tuple[An
     >>> y2.tolist(), np.round(w2, 2).tolist()
     ([1, 1, 0], [1.0, 0.7, 0.3])
     """
-    X = np.asarray(X)
+    frame = hasattr(X, "iloc") and hasattr(X, "columns")
+    X = X if frame else np.asarray(X)
     p = np.asarray(y_soft, dtype=float).ravel()
     if p.shape[0] != X.shape[0]:
         raise ValueError(f"y_soft has {p.shape[0]} rows but X has {X.shape[0]}; they must match")
@@ -227,7 +230,12 @@ def soft_to_weighted(X: Any, y_soft: Any, sample_weight: Any = None) -> tuple[An
     # the first copy of each row: hard rows as they are, soft rows as positives of weight p
     y_first = np.where(soft, 1, np.rint(p)).astype(np.int64)
     w_first = np.where(soft, p * w, w)
-    X_out = np.concatenate([X, X[soft]], axis=0)
+    if frame:
+        import pandas as pd
+
+        X_out = pd.concat([X, X.iloc[np.flatnonzero(soft)]], axis=0, ignore_index=True)
+    else:
+        X_out = np.concatenate([X, X[soft]], axis=0)
     y_out = np.concatenate([y_first, np.zeros(int(soft.sum()), dtype=np.int64)])
     w_out = np.concatenate([w_first, (1.0 - p[soft]) * w[soft]])
     return X_out, y_out, w_out

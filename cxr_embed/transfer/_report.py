@@ -9,7 +9,8 @@ Used by :class:`cxr_embed.transfer.compare.ComparisonResult` (``write_report`` a
    side by side), one table per setting, the full table folded with its CSV, then ROC and
    calibration curves per setting and label, side by side;
 3. the evaluation of the best internal approach (forest plot of its AUC per label, table);
-4. further tables and images (saliency overlays in a grid), notes, wall times, all metrics.
+4. further tables, the importance of the image and of each clinical variable (when given),
+   images (saliency overlays in a grid), notes, wall times, all metrics.
 
 Every figure takes its colours from one mapping, approach -> colour (:meth:`colors`), so an
 approach has the same colour everywhere.
@@ -71,6 +72,13 @@ def summary_sentences(result) -> list[str]:
                       else "DeLong p not estimable")
         out.append(f"{text}; the runner-up, {second['approach']}, reaches "
                    f"{format_ci(second['auc'], second['ci_low'], second['ci_high'])} ({p_text}).")
+    clinical = list(getattr(result, "clinical", None) or [])
+    if clinical:
+        text = f"Clinical columns {', '.join(clinical)} were used beside the embeddings"
+        ignored = sorted(set(result.families.values()) - {"embeddings"})
+        if ignored:
+            text += f"; {' and '.join(ignored)} used the images alone (not like for like)"
+        out.append(text + ".")
     return out
 
 
@@ -144,12 +152,14 @@ def _curves(result, page, out: Path, cmap: Mapping[str, str]) -> None:
 
 
 def write(result, out_dir, *, title: str, images: Mapping[str, Any] | None, tables: Mapping[str, pd.DataFrame] | None,
-          notes: str | Sequence[str] | None, n_bootstrap: int, random_state) -> Path:
+          notes: str | Sequence[str] | None, n_bootstrap: int, random_state, importance=None) -> Path:
     """Write ``index.html`` and its side files (see ``ComparisonResult.write_report``)."""
     from ..evaluate.formatting import FormattedTable, format_metrics_table
     from ..evaluate.metrics import evaluate_predictions, metrics_to_json
-    from ..evaluate.report import check_image
+    from ..evaluate.report import check_image, check_importance
 
+    if importance is not None:
+        check_importance(importance)  # a malformed table fails before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for path in (images or {}).values():
@@ -176,6 +186,8 @@ def write(result, out_dir, *, title: str, images: Mapping[str, Any] | None, tabl
     for name, df in (tables or {}).items():
         page.add_section(str(name))
         page.add_table(df if isinstance(df, FormattedTable) else pd.DataFrame(df), csv_name=_safe(name) + ".csv")
+    if importance is not None:
+        page.add_importance(importance, out=out)
     if images:
         page.add_section("Images")
         page.add_gallery(images)

@@ -37,7 +37,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..exceptions import LeakageError, ManifestError
+from ..exceptions import ClinicalDataError, LeakageError, ManifestError
+from ._scoring import _add_delong, _evaluate
 
 __all__ = ["compare_transfer", "ComparisonResult", "SourceModel", "DEFAULT_FINETUNE_OPTIONS"]
 
@@ -55,6 +56,8 @@ DEFAULT_FINETUNE_OPTIONS: dict = {
 }
 
 _FAMILIES = ("stacking", "embeddings", "fine-tuning")
+#: Value of the table's ``clinical`` column for a family that cannot take clinical columns.
+CLINICAL_IGNORED = "ignored (images only)"
 
 
 # --------------------------------------------------------------------------- source models
@@ -146,7 +149,10 @@ class ComparisonResult:
         NaN for the best itself and for macro rows), ``best`` (bool), ``wall_time_s``
         (fitting and predicting this approach over all folds, plus the refit for the external
         set; shared costs such as embedding extraction and source training are in ``timings``),
-        ``n``, ``n_pos``, ``n_patients``.
+        ``n``, ``n_pos``, ``n_patients``, ``clinical`` (the clinical columns the approach used
+        beside the images, comma-separated; ``"ignored (images only)"`` for a stacking or
+        fine-tuning approach of a run with ``clinical=``, which use the images alone; ``"none"``
+        when the run had no clinical columns).
     labels : list of str
     image_ids : ndarray of shape (n_samples,)
         Target image ids, the row order of ``oof`` and ``y_true``.
@@ -176,10 +182,14 @@ class ComparisonResult:
         :class:`~cxr_embed.MultiLabelClassifier` (embeddings), the fine-tuned ``keras.Model``
         (fine-tuning) or the list of per-label meta-classifiers (stacking). Explain them with
         :func:`cxr_embed.saliency.maps` (classifiers with ``backbone=result.backbones[name]``).
+        With ``clinical=`` the embeddings classifiers take a clinical frame
+        (``clinical_frame(X, manifest[result.clinical])``), not the embeddings alone.
     backbones : dict of str -> Backbone
         The embedding backbone of every embeddings approach, by approach name.
     sources : list of SourceModel
         The source CNNs of approaches 1 and 3.
+    clinical : list of str
+        The manifest columns used beside the embeddings (``clinical=``), empty without.
 
     Examples
     --------
@@ -211,6 +221,7 @@ class ComparisonResult:
     models: dict = field(default_factory=dict)
     backbones: dict = field(default_factory=dict)
     sources: list = field(default_factory=list)
+    clinical: list = field(default_factory=list)
 
     def summary(self, setting: str = "internal") -> pd.DataFrame:
         """The macro rows (or the single label's rows) of one setting, best first.
@@ -224,15 +235,18 @@ class ComparisonResult:
         DataFrame
             Columns ``family, approach, auc, ci_low, ci_high, delong_p, wall_time_s`` for one
             label; with several labels ``auc`` is the macro AUC and the DeLong p-values are per
-            label, in columns ``p[<label>]`` (DeLong compares two AUCs of one label).
+            label, in columns ``p[<label>]`` (DeLong compares two AUCs of one label). A run with
+            clinical columns adds ``clinical`` after ``approach`` (which columns each approach
+            used, or ``"ignored (images only)"``).
         """
         t = self.table[self.table["setting"] == setting]
+        clin = ["clinical"] if self.clinical and "clinical" in t.columns else []
         if len(self.labels) == 1:
             t = t[t["label"] == self.labels[0]]
-            cols = ["family", "approach", "auc", "ci_low", "ci_high", "delong_p", "wall_time_s"]
+            cols = ["family", "approach", *clin, "auc", "ci_low", "ci_high", "delong_p", "wall_time_s"]
             return t.sort_values("auc", ascending=False)[cols].reset_index(drop=True)
         macro = t[t["label"] == "macro"].set_index("approach")
-        res = macro[["family", "auc", "ci_low", "ci_high"]].copy()
+        res = macro[["family", *clin, "auc", "ci_low", "ci_high"]].copy()
         for lab in self.labels:
             res[f"p[{lab}]"] = t[t["label"] == lab].set_index("approach")["delong_p"]
         res["wall_time_s"] = macro["wall_time_s"]
@@ -250,7 +264,8 @@ class ComparisonResult:
 
     def write_report(self, out_dir, *, title: str = "Transfer-learning comparison", images: Mapping[str, Any] | None = None,
                      tables: Mapping[str, pd.DataFrame] | None = None, notes: str | Sequence[str] | None = None,
-                     n_bootstrap: int = 1000, random_state: int | None = 0) -> Path:
+                     n_bootstrap: int = 1000, random_state: int | None = 0,
+                     importance: pd.DataFrame | Mapping[str, pd.DataFrame] | None = None) -> Path:
         """Write the HTML report: the answer first, then the comparison, the best approach and the details.
 
         The page opens with one sentence per setting (best approach, AUC [95 % CI], the
@@ -276,6 +291,10 @@ class ComparisonResult:
         n_bootstrap : int, default=1000
             Resamples of the full metrics table of the best approach.
         random_state : int or None
+        importance : DataFrame or dict of str -> DataFrame, optional
+            Importance of the image and of each clinical variable for an approach that used
+            clinical columns: the table of :func:`cxr_embed.learn.clinical.clinical_importance`
+            (or one per label), shown before the images (``importance.png``, ``importance.csv``).
 
         Returns
         -------
@@ -285,7 +304,7 @@ class ComparisonResult:
         from ._report import write
 
         return write(self, out_dir, title=title, images=images, tables=tables, notes=notes,
-                     n_bootstrap=n_bootstrap, random_state=random_state)
+                     n_bootstrap=n_bootstrap, random_state=random_state, importance=importance)
 
     def _repr_html_(self) -> str:
         """The report's summary, forest plot and tables, for Jupyter."""
@@ -414,75 +433,6 @@ def _policy_targets(df: pd.DataFrame, labels: list[str], policy: str, random_sta
     return np.where(mask, y, np.nan)
 
 
-def _evaluate(name, family, truth, scores, groups, labels, n_bootstrap, seed) -> list[dict]:
-    from ..evaluate.metrics import roc_auc_ci
-
-    rows = []
-    aucs = []
-    for j, lab in enumerate(labels):
-        known = ~np.isnan(truth[:, j]) & ~np.isnan(scores[:, j])
-        y = truth[known, j]
-        row = {"family": family, "approach": name, "label": lab, "n": int(known.sum()), "n_pos": int(np.sum(y == 1)),
-               "n_patients": int(np.unique(groups[known]).size)}
-        if np.unique(y).size < 2:
-            row.update(auc=np.nan, ci_low=np.nan, ci_high=np.nan)
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # few positives: the CI shows it
-                a = roc_auc_ci(y, scores[known, j], groups=groups[known], n_bootstrap=n_bootstrap, random_state=seed)
-            row.update(auc=a.auc, ci_low=a.ci_low, ci_high=a.ci_high)
-        aucs.append(row["auc"])
-        rows.append(row)
-    if len(labels) > 1:
-        rows.append(_macro_row(name, family, truth, scores, groups, n_bootstrap, seed, aucs))
-    return rows
-
-
-def _macro_row(name, family, truth, scores, groups, n_bootstrap, seed, aucs) -> dict:
-    """Macro AUC with a CI from the same patient resamples applied to every label."""
-    from ..evaluate.metrics import evaluate_predictions
-
-    row = {"family": family, "approach": name, "label": "macro", "auc": float(np.nanmean(aucs)),
-           "ci_low": np.nan, "ci_high": np.nan, "n": int(np.sum(~np.isnan(truth))),
-           "n_pos": int(np.nansum(truth == 1)), "n_patients": int(np.unique(groups).size)}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            m = evaluate_predictions(truth, scores, groups=groups, n_bootstrap=n_bootstrap, random_state=seed)
-        macro = m[(m["label"] == "macro") & (m["metric"] == "auc") & (m["subgroup"] == "all")]
-        if len(macro):
-            row["ci_low"], row["ci_high"] = float(macro["ci_low"].iloc[0]), float(macro["ci_high"].iloc[0])
-    except ValueError as e:  # a degenerate label: keep the AUC, no CI
-        logger.warning("macro CI of %s not computed: %s", name, e)
-    return row
-
-
-def _add_delong(table: pd.DataFrame, truth: np.ndarray, scores: dict, labels: list[str]) -> pd.DataFrame:
-    from ..evaluate.metrics import delong_test
-
-    key = "macro" if len(labels) > 1 else labels[0]
-    head = table[table["label"] == key].dropna(subset=["auc"])
-    table["best"] = False
-    table["delong_p"] = np.nan
-    if head.empty:
-        return table
-    best = str(head.sort_values("auc", ascending=False)["approach"].iloc[0])
-    table.loc[table["approach"] == best, "best"] = True
-    for j, lab in enumerate(labels):
-        for name, s in scores.items():
-            if name == best:
-                continue
-            known = ~np.isnan(truth[:, j]) & ~np.isnan(s[:, j]) & ~np.isnan(scores[best][:, j])
-            y = truth[known, j]
-            if np.unique(y).size < 2:
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                _, _, _, p = delong_test(y, scores[best][known, j], s[known, j])
-            table.loc[(table["approach"] == name) & (table["label"] == lab), "delong_p"] = p
-    return table
-
-
 # --------------------------------------------------------------------------- public API
 def compare_transfer(
     target,
@@ -493,6 +443,7 @@ def compare_transfer(
     backbones: Sequence[Any] = ("efficientnet_lite0",),
     store=None,
     classifiers: Sequence[Any] = ("logreg", "random_forest"),
+    clinical: Sequence[str] | str | None = None,
     external=None,
     n_splits: int = 5,
     finetune_options: Mapping[str, Any] | None = None,
@@ -537,6 +488,18 @@ def compare_transfer(
         Classifiers of approach 2: names for :func:`cxr_embed.make_classifier`, or unfitted
         binary estimators (named by their class, or by the name of a ``(name, estimator)``
         pair); each is wrapped in a :class:`cxr_embed.MultiLabelClassifier`.
+    clinical : str or list of str, optional
+        Manifest columns (e.g. ``["age", "sex", "view"]``; a comma-separated string is split)
+        used beside the embeddings by every classifier of approach 2: the embeddings and these
+        columns travel as one :func:`~cxr_embed.learn.clinical.clinical_frame`, and a
+        :class:`~cxr_embed.learn.clinical.ClinicalFeatures` step scales, imputes and one-hot
+        encodes them inside each training fold (names get it through
+        ``make_classifier(name, clinical=...)``, estimators through
+        :func:`~cxr_embed.learn.clinical.with_clinical` unless they hold such a step already).
+        The approaches are named ``"<backbone> + <classifier> + clinical"``. Stacking and
+        fine-tuning use the images alone: their rows of ``result.table`` say
+        ``"ignored (images only)"`` in the ``clinical`` column, and the notes say so. Missing
+        values are allowed (imputed per fold); the external manifest needs the same columns.
     external : DataFrame or path, optional
         External test manifest with the same label columns. Every approach is refitted on all
         target rows and scored on it; it is never used to fit, tune or select anything. Its
@@ -583,6 +546,8 @@ def compare_transfer(
     ------
     ManifestError
         Missing columns or labels, duplicate or colliding image ids.
+    ClinicalDataError
+        A ``clinical`` column is missing from the target or external manifest, or is a label.
     LeakageError
         A patient in both the target and the external set (or across a fold; cannot happen).
     ValueError
@@ -609,6 +574,7 @@ def compare_transfer(
     >>> res.write_report("demo_output/report")                                    # doctest: +SKIP
     """
     from ..learn.classifiers import MultiLabelClassifier, make_classifier
+    from ..learn.clinical import clinical_frame
     from ..embed.extraction import extract
     from ..learn.stacking import average_predictions
     from ..embed.store import EmbeddingStore
@@ -632,6 +598,9 @@ def compare_transfer(
                 f"target and external manifests share {len(clash)} image ids (e.g. {sorted(clash)[:3]}); they share "
                 "one embedding store, so ids must be unique across both; fix: prefix ids with the site name"
             )
+    clinical = _clinical_columns(clinical, target, labels, "target")
+    if ext is not None and clinical:
+        _clinical_columns(clinical, ext, labels, "external")
     rs = np.random.RandomState(random_state)
     seeds = {k: int(rs.randint(np.iinfo(np.int32).max)) for k in ("split", "clf", "ft", "boot", "src", "policy")}
     ft_opts = {**DEFAULT_FINETUNE_OPTIONS, **dict(finetune_options or {})}
@@ -691,15 +660,18 @@ def compare_transfer(
                          f"images embedded, {rep.n_cached} read from the cache {store.path}.")
             _, X = store.load(bb, ids)
             X_ext = store.load(bb, ext_ids)[1] if ext is not None else None
+            if clinical:  # one table per manifest: embeddings beside the raw clinical columns, nothing fitted yet
+                X = clinical_frame(X, target[clinical])
+                X_ext = clinical_frame(X_ext, ext[clinical]) if ext is not None else None
             for c in classifiers:
-                cname, base = _classifier(c, make_classifier, seeds["clf"])
-                name = f"{bb.name} + {cname}"
+                cname, base = _classifier(c, make_classifier, seeds["clf"], clinical=clinical or None)
+                name = f"{bb.name} + {cname}" + (" + clinical" if clinical else "")
                 est = MultiLabelClassifier(base, policy=policy, random_state=seeds["policy"])
                 t = time.perf_counter()
                 p = np.full((len(target), len(labels)), np.nan)
                 for tr, te in splits:
-                    m = _clone(est).fit(X[tr], Y_df.iloc[tr], groups=groups[tr])
-                    p[te] = m.predict_proba(X[te])
+                    m = _clone(est).fit(_take(X, tr), Y_df.iloc[tr], groups=groups[tr])
+                    p[te] = m.predict_proba(_take(X, te))
                 oof[name] = p
                 if refit:
                     models[name] = _clone(est).fit(X, Y_df, groups=groups)
@@ -819,14 +791,20 @@ def compare_transfer(
         tab.insert(0, "setting", setting)
         tables.append(tab)
     table = pd.concat(tables, ignore_index=True)
+    table["clinical"] = (np.where(table["family"] == "embeddings", ", ".join(clinical), CLINICAL_IGNORED)
+                         if clinical else "none")
     table = table[["setting", "family", "approach", "label", "auc", "ci_low", "ci_high", "delong_p", "best",
-                   "wall_time_s", "n", "n_pos", "n_patients"]]
+                   "wall_time_s", "n", "n_pos", "n_patients", "clinical"]]
     timings["evaluation"] = time.perf_counter() - t
     timings.update({f"approach: {k}": v for k, v in wall.items()})
     notes.insert(0, f"Target: {len(target)} images of {np.unique(groups).size} patients, labels {labels}; "
                     f"{n_splits} patient-grouped folds shared by every approach"
                     + (f"; external: {len(ext)} images of {np.unique(ext_groups).size} patients, never used for fitting."
                        if ext is not None else "."))
+    if clinical:
+        note = _clinical_note(clinical, set(families.values()))
+        notes.insert(1, note)
+        logger.info(note)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         table.to_csv(Path(out) / "comparison.csv", index=False)
@@ -836,17 +814,62 @@ def compare_transfer(
                             splits=splits, fold=fold, timings=timings, families=families,
                             external_ids=ext_ids, external_groups=ext_groups, y_external=ext_truth,
                             external=ext_scores, notes=notes, models=models, backbones=used_backbones,
-                            sources=sources)
+                            sources=sources, clinical=list(clinical))
 
 
-def _classifier(spec, make_classifier, seed) -> tuple[str, Any]:
+def _classifier(spec, make_classifier, seed, *, clinical: list[str] | None = None) -> tuple[str, Any]:
+    """(approach name, unfitted binary estimator); with ``clinical`` the estimator takes a clinical frame."""
     if isinstance(spec, str):
-        return spec, make_classifier(spec, random_state=seed)
+        return spec, make_classifier(spec, random_state=seed, **({} if clinical is None else {"clinical": clinical}))
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
-        return spec
-    if hasattr(spec, "fit") and hasattr(spec, "predict_proba"):
-        return type(spec).__name__, spec
-    raise TypeError(f"classifiers entries must be a name, a (name, estimator) pair or an estimator; got {spec!r}")
+        name, est = spec
+    elif hasattr(spec, "fit") and hasattr(spec, "predict_proba"):
+        name, est = type(spec).__name__, spec
+    else:
+        raise TypeError(f"classifiers entries must be a name, a (name, estimator) pair or an estimator; got {spec!r}")
+    return name, (est if clinical is None else _clinical_estimator(est, clinical, seed))
+
+
+def _clinical_estimator(est, clinical: list[str], seed):
+    """``est`` as it is when it already holds a ClinicalFeatures step, else ``with_clinical(est, clinical)``."""
+    from ..learn.clinical import ClinicalFeatures, with_clinical
+
+    params = est.get_params(deep=True).values() if hasattr(est, "get_params") else ()
+    if isinstance(est, ClinicalFeatures) or any(isinstance(v, ClinicalFeatures) for v in params):
+        return est
+    return with_clinical(est, clinical, random_state=seed)
+
+
+def _clinical_columns(clinical, df: pd.DataFrame, labels: list[str], what: str) -> list[str]:
+    """The ``clinical=`` columns as a list, checked against one manifest."""
+    if clinical is None:
+        return []
+    cols = ([s.strip() for s in clinical.split(",") if s.strip()] if isinstance(clinical, str)
+            else [str(c) for c in clinical])
+    leaking = [c for c in cols if c in labels]
+    if leaking:
+        raise ClinicalDataError(f"clinical column(s) {leaking} are labels being predicted; a label used as a feature "
+                                "leaks the answer; fix: remove them from clinical=")
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ClinicalDataError(f"{what} manifest has no clinical column(s) {missing}; it has {list(df.columns)}; "
+                                "fix: add them to the manifest or change clinical=")
+    return cols
+
+
+def _clinical_note(clinical: list[str], families: set[str]) -> str:
+    ignored = sorted(families - {"embeddings"})
+    text = (f"Clinical columns {', '.join(clinical)} were used beside the embeddings of approach 2 (embeddings), "
+            "scaled, imputed and one-hot encoded inside each training fold (ClinicalFeatures)")
+    if ignored:
+        text += (f"; {' and '.join(ignored)} used the images alone (their rows read '{CLINICAL_IGNORED}' in the "
+                 "clinical column), so the comparison between families is not like for like")
+    return text + "."
+
+
+def _take(X, idx: np.ndarray):
+    """Rows of the embeddings, or of a clinical frame by position."""
+    return X.iloc[idx] if hasattr(X, "iloc") else X[idx]
 
 
 def _clone(est):

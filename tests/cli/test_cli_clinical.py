@@ -43,3 +43,53 @@ def test_fit_evaluate_predict_with_clinical_columns(tmp_path, capsys):
     rc = main(["predict", "--model", str(tmp_path / "bc"), "--store", str(store.path), "--manifest",
                str(tmp_path / "nowbc.csv"), "--out", str(tmp_path / "q.csv")])
     assert rc != 0 and "wbc" in capsys.readouterr().err
+
+
+def test_fit_stores_the_importance_and_evaluate_shows_it_before_the_saliency_maps(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    n = 80
+    ids = [f"img{i:03d}" for i in range(n)]
+    wbc = rng.normal(size=n)
+    y = (wbc + 0.4 * rng.normal(size=n) > 0).astype(float)
+    y[:4] = -1.0  # uncertain: left out of the importance, as of the AUCs
+    manifest = tmp_path / "labels.csv"
+    pd.DataFrame({"image_id": ids, "path": [f"images/{i}.png" for i in ids],
+                  "patient_id": [f"p{i // 2}" for i in range(n)], "sex": rng.choice(["F", "M"], n), "wbc": wbc,
+                  "a": y}).to_csv(manifest, index=False)
+    store = EmbeddingStore(tmp_path / "emb.h5")
+    with store.writer(types.SimpleNamespace(fingerprint="fp_imp", config={"name": "demo"}, dim=5)) as w:
+        w.append(ids, rng.normal(size=(n, 5)).astype("float32"))
+    common = ["--store", str(store.path), "--manifest", str(manifest)]
+    rc = main(["fit", *common, "--labels", "a", "--cv", "3", "--n-bootstrap", "20", "--clinical", "wbc,sex",
+               "--importance-permutations", "3", "--out", str(tmp_path / "b")])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "importance for a" in out
+    stored = load_model(tmp_path / "b").extra["importance"]["a"]
+    table = pd.DataFrame(stored["table"]).set_index("feature")
+    assert set(table.index) == {"image", "wbc", "sex"} and table["importance"].idxmax() == "wbc"
+    assert stored["attrs"]["n_permutations"] == 3 and stored["attrs"]["n_folds"] == 3
+    # a folder as cxr-embed explain writes it (moved: the overlay paths in the CSV are stale)
+    sal = tmp_path / "explained"
+    sal.mkdir()
+    Image.fromarray((rng.random((40, 40, 3)) * 255).astype("uint8")).save(sal / "img001_gradcam.png")
+    pd.DataFrame({"image_id": ["img001", "img002"], "path": ["x", "y"],
+                  "overlay": ["/elsewhere/img001_gradcam.png", None], "score": [0.73, np.nan],
+                  "error": [None, "unreadable"]}).to_csv(sal / "explanations.csv", index=False)
+    rc = main(["evaluate", "--model", str(tmp_path / "b"), *common, "--n-bootstrap", "20", "--saliency", str(sal),
+               "--out", str(tmp_path / "r")])
+    assert rc == 0, capsys.readouterr().err
+    html = (tmp_path / "r" / "index.html").read_text()
+    heading = html.index("Importance of the image and of each clinical variable")
+    assert heading < html.index("<h2>Images</h2>") and "img001 (score 0.73)" in html
+    assert "Measured by cxr-embed fit on its training manifest" in html
+    assert (tmp_path / "r" / "importance.png").is_file()
+    rc = main(["evaluate", "--model", str(tmp_path / "b"), *common, "--saliency", str(tmp_path),
+               "--out", str(tmp_path / "r2")])
+    assert rc == 2 and "explanations.csv" in capsys.readouterr().err
+    # without clinical columns (or with --importance-permutations 0) nothing is computed
+    rc = main(["fit", *common, "--labels", "a", "--cv", "3", "--n-bootstrap", "20", "--clinical", "wbc",
+               "--importance-permutations", "0", "--out", str(tmp_path / "b0")])
+    assert rc == 0 and "importance" not in load_model(tmp_path / "b0").extra

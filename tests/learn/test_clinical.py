@@ -147,6 +147,34 @@ def test_importance_recovers_a_planted_covariate_and_ranks_noise_near_zero(phant
     assert fig.axes[0].get_xlabel() == "ROC AUC lost"
 
 
+def test_the_importance_table_goes_into_the_report_as_it_is(tmp_path):
+    from cxr_embed.evaluate.figures import plot_importance as figure_of_evaluate
+    from cxr_embed.evaluate.report import write_report
+
+    assert plot_importance is figure_of_evaluate  # one figure, re-exported by learn.clinical
+    X, y, clin, groups = _data(n=80)
+    imp = clinical_importance(with_clinical("logreg", ["lab", "sex"], C=1.0), X, y, groups, clinical=clin,
+                              n_splits=3, n_permutations=2, random_state=0)
+    html = write_report(tmp_path, title="clinical", importance=imp).read_text()
+    assert "3 folds, 2 shuffles per block and fold" in html
+    assert pd.read_csv(tmp_path / "importance.csv")["feature"].tolist() == imp["feature"].tolist()
+
+
+def test_soft_targets_keep_the_clinical_frame_whole():
+    X, y, clin, groups = _data(n=80)
+    Y = y.astype(float)
+    Y[::5] = -1.0  # uncertain: soft targets under ones_smoothed, expanded into weighted rows
+    frame = clinical_frame(X, clin)
+    ml = MultiLabelClassifier(make_classifier("logreg", clinical=["lab", "sex"]), policy="ones_smoothed",
+                              random_state=0).fit(frame, Y, groups=groups)
+    assert ml.predict_proba(frame).shape == (80, 1)
+    from cxr_embed.learn.labels import soft_to_weighted
+
+    Xw, yw, w = soft_to_weighted(frame.iloc[:4], np.array([1.0, 0.7, 0.0, 0.2]))
+    assert isinstance(Xw, pd.DataFrame) and list(Xw.columns) == list(frame.columns) and len(Xw) == 6
+    assert Xw["sex"].iloc[4] == frame["sex"].iloc[1] and yw.tolist() == [1, 1, 0, 1, 0, 0]
+
+
 def test_importance_input_checks():
     X, y, clin, groups = _data(n=40)
     est = with_clinical("logreg", ["lab"])
