@@ -76,7 +76,9 @@ def summary_sentences(result) -> list[str]:
     if clinical:
         text = f"Clinical columns {', '.join(clinical)} were used beside the embeddings"
         ignored = sorted(set(result.families.values()) - {"embeddings"})
-        if ignored:
+        if "embeddings" not in result.families.values():
+            text = f"Clinical columns {', '.join(clinical)} were not used: {' and '.join(ignored)} use the images alone"
+        elif ignored:
             text += f"; {' and '.join(ignored)} used the images alone (not like for like)"
         out.append(text + ".")
     return out

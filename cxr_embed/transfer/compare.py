@@ -805,6 +805,8 @@ def compare_transfer(
         note = _clinical_note(clinical, set(families.values()))
         notes.insert(1, note)
         logger.info(note)
+        if "embeddings" not in families.values():
+            warnings.warn(note, UserWarning, stacklevel=2)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         table.to_csv(Path(out) / "comparison.csv", index=False)
@@ -859,6 +861,9 @@ def _clinical_columns(clinical, df: pd.DataFrame, labels: list[str], what: str) 
 
 def _clinical_note(clinical: list[str], families: set[str]) -> str:
     ignored = sorted(families - {"embeddings"})
+    if "embeddings" not in families:
+        return (f"Clinical columns {', '.join(clinical)} were requested but not used: only {' and '.join(ignored)} "
+                "ran, which use the images alone; keep 'embeddings' in approaches to use them.")
     text = (f"Clinical columns {', '.join(clinical)} were used beside the embeddings of approach 2 (embeddings), "
             "scaled, imputed and one-hot encoded inside each training fold (ClinicalFeatures)")
     if ignored:

@@ -128,6 +128,10 @@ def test_families_without_clinical_columns_say_so(sites, tmp_path):
     summary = html[html.index('class="summary"'):html.index("</div>", html.index('class="summary"'))]
     assert "stacking" in summary and "images alone" in summary
     assert "ignored (images only)" in html
+    with pytest.warns(UserWarning, match="requested but not used"):  # no family that takes them ran
+        only = cxr_embed.compare_transfer(sites["target"], LABELS, clinical="lab", source_models=[_tiny_source(bb)],
+                                          approaches=("stacking",), n_splits=3, n_bootstrap=0, random_state=0)
+    assert set(only.table["clinical"]) == {compare_mod.CLINICAL_IGNORED}
 
 
 def test_bad_clinical_columns_are_named_errors(sites):
