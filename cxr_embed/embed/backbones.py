@@ -57,12 +57,14 @@ __all__ = [
     "PREPROCESS_MODES",
     "POOLINGS",
     "PRECISIONS",
+    "TTA_MODES",
 ]
 
 logger = logging.getLogger(__name__)
 
 PREPROCESS_MODES = ("caffe", "torch", "tf", "none")
 POOLINGS = ("avg", "max", "gem")
+TTA_MODES = (None, "flip")
 _FORMAT_VERSION = 1
 
 
@@ -112,6 +114,10 @@ class Backbone(ComputeMixin):
     cache_dir : str or Path, optional
         Where converted EfficientNet-Lite weights are cached (default ``$CXR_EMBED_CACHE``
         or ``~/.cache/cxr_embed``).
+    tta : {None, "flip"}
+        Test-time augmentation of :meth:`embed` (part of the fingerprint): ``"flip"`` averages
+        the embeddings of each prepared image and of its left-right mirror, ``(f(x) + f(x[:, ::-1])) / 2``.
+        Saliency maps explain the unflipped pass (:attr:`model`).
     precision : {"auto", "float32", "mixed_float16", "mixed_bfloat16"}
         Arithmetic of :meth:`embed`: ``"auto"`` is mixed float16 when a GPU is visible (tensor
         cores run 16-bit convolutions faster than float32), float32 otherwise. Mixed policies
@@ -184,12 +190,13 @@ class Backbone(ComputeMixin):
         distribute: Any = "auto",
         interpolation: str = "area",
         decode: str = "full",
+        tta: str | None = None,
     ):
         spec = _get_spec(name)
         size = _size_tuple(input_size) if input_size is not None else tuple(spec.input_size)
         if min(size) < spec.min_size:
             raise BackboneError(f"{spec.name} needs an input of at least {spec.min_size}x{spec.min_size}, got {size}; pass a larger input_size")
-        self._init_common(pooling, resize, precision, distribute, interpolation, decode)
+        self._init_common(pooling, resize, precision, distribute, interpolation, decode, tta)
         weights_desc = self._check_weights(weights)
         inp = keras.Input(shape=(size[0], size[1], 3), dtype="float32", name="image")
         x = ImagePreprocessing(spec.preprocess, name="cxr_preprocess")(inp) if spec.preprocess != "none" else inp
@@ -210,8 +217,11 @@ class Backbone(ComputeMixin):
         self.spec = spec
 
     # -- construction helpers ------------------------------------------------------------
-    def _init_common(self, pooling, resize, precision, distribute, interpolation="area", decode="full"):
+    def _init_common(self, pooling, resize, precision, distribute, interpolation="area", decode="full", tta=None):
         self._init_compute(precision, distribute)
+        if tta not in TTA_MODES:
+            raise BackboneError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+        self.tta = tta
         if interpolation not in INTERPOLATIONS:
             raise BackboneError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
         if decode not in DECODE_MODES:
@@ -337,6 +347,7 @@ class Backbone(ComputeMixin):
         distribute: Any = "auto",
         interpolation: str = "area",
         decode: str = "full",
+        tta: str | None = None,
     ) -> "Backbone":
         """Wrap any Keras model (in memory or a ``.keras``/``.h5`` file) as a Backbone.
 
@@ -361,7 +372,7 @@ class Backbone(ComputeMixin):
         name : str, optional
             Default: the model's name.
         resize : {"pad", "resize", "crop"}
-        precision, distribute, interpolation, decode
+        precision, distribute, interpolation, decode, tta
             As for :class:`Backbone`.
 
         Returns
@@ -410,7 +421,7 @@ class Backbone(ComputeMixin):
         else:
             size = _size_tuple(input_size)
         self = cls.__new__(cls)
-        self._init_common(pooling, resize, precision, distribute, interpolation, decode)
+        self._init_common(pooling, resize, precision, distribute, interpolation, decode, tta)
         inp = keras.Input(shape=(size[0], size[1], 3), dtype="float32", name="image")
         x = ImagePreprocessing(preprocess, name="cxr_preprocess")(inp) if preprocess != "none" else inp
         try:
@@ -501,10 +512,13 @@ class Backbone(ComputeMixin):
         layer = config.get("layer")
         if isinstance(layer, list) and len(layer) == 1:
             layer = layer[0]
+        prep = config.get("preprocessing") or {}
         common = dict(
             layer=layer, pooling=config.get("pooling", "avg"),
             input_size=tuple(config["input_size"]) if config.get("input_size") else None,
-            resize=(config.get("preprocessing") or {}).get("mode", "pad"), precision=precision, distribute=distribute,
+            resize=prep.get("mode", "pad"), precision=precision, distribute=distribute,
+            interpolation=prep.get("interpolation", "area"), decode=prep.get("decode", "full"),
+            tta=config.get("tta"),
         )
         weights = config.get("weights")
         if config.get("source") == "keras_model":
@@ -546,6 +560,7 @@ class Backbone(ComputeMixin):
             "preprocessing": self.preprocessing,
             "keras_version": keras.__version__,
             "fingerprint": self.fingerprint,
+            **({"tta": self.tta} if self.tta else {}),
         }
 
     @property
@@ -575,12 +590,15 @@ class Backbone(ComputeMixin):
                 "preprocess": self.preprocess,
                 "preprocessing": self.preprocessing,
             }
+            if self.tta:  # absent when off, so fingerprints without TTA are those of earlier versions
+                payload["tta"] = self.tta
             self._fingerprint = sha256_text(stable_json(payload))
         return self._fingerprint
 
     def __repr__(self) -> str:
+        tta = f", tta={self.tta!r}" if self.tta else ""
         return (f"Backbone({self.name!r}, layer={self.layer!r}, pooling={self.pooling!r}, "
-                f"input_size={self.input_size}, preprocess={self.preprocess!r}, dim={self.dim})")
+                f"input_size={self.input_size}, preprocess={self.preprocess!r}{tta}, dim={self.dim})")
 
     # -- use -----------------------------------------------------------------------------
     @property

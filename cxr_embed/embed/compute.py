@@ -217,7 +217,8 @@ class ComputeMixin:
         Returns
         -------
         ndarray of shape (n, dim), float32
-            Deterministic: the same input gives the same bits in one process.
+            Deterministic: the same input gives the same bits in one process. With
+            ``tta="flip"`` each row is the mean of the image's and its left-right mirror's.
 
         Examples
         --------
@@ -246,5 +247,8 @@ class ComputeMixin:
             pad = -len(part) % n_rep
             if pad:
                 part = np.concatenate([part, np.zeros((pad, *part.shape[1:]), np.float32)])
-            out[start : start + batch_size] = np.asarray(fn(part))[: len(part) - pad]
+            rows = np.asarray(fn(part))
+            if getattr(self, "tta", None) == "flip":  # mean with the mirrored pass, in float32
+                rows = (rows + np.asarray(fn(np.ascontiguousarray(part[:, :, ::-1, :])))) * np.float32(0.5)
+            out[start : start + batch_size] = rows[: len(part) - pad]
         return out

@@ -216,9 +216,14 @@ def _picklable_prepare(backbone) -> tuple | None:
     :func:`cxr_embed.read_prepared`, which needs no backbone; this probe proves that the library's
     preparation is the backbone's, on an image with an awkward aspect ratio. ``decode`` is the
     backbone's ``decode`` attribute (``"full"`` when absent). ``None`` when no mode and
-    interpolation agree (a custom ``prepare``): then ``read_image`` + ``backbone.prepare`` in threads.
+    interpolation agree (a custom ``prepare``), or when the backbone declares
+    ``reproducible_prepare = False`` (e.g. :class:`~cxr_embed.embed.views.ImageView`, whose perturbation
+    may leave the small probe unchanged): then ``read_image`` + ``backbone.prepare`` in threads.
     """
     from ..io.preprocessing import INTERPOLATIONS, prepare_image
+
+    if getattr(backbone, "reproducible_prepare", True) is False:
+        return None
 
     size = tuple(int(s) for s in backbone.input_size)
     rng = np.random.default_rng(0)

@@ -301,3 +301,24 @@ def test_prepare_and_batching(tiny):
     np.testing.assert_allclose(bb.embed(x, batch_size=3), whole, rtol=1e-5, atol=1e-6)
     fn = bb.embed_function()
     assert fn.experimental_get_tracing_count() == 1  # one trace for batches of 7, 3 and 1
+
+
+def test_flip_tta_embeds_the_mean_with_the_mirror_and_has_its_own_fingerprint(mnv2_weights):
+    path, _ = mnv2_weights
+    plain = Backbone("mobilenet_v2", weights=path, input_size=32)
+    tta = Backbone("mobilenet_v2", weights=path, input_size=32, tta="flip")
+    x = _batch(3, 32)
+    want = (plain.embed(x) + plain.embed(np.ascontiguousarray(x[:, :, ::-1]))) * np.float32(0.5)
+    np.testing.assert_array_equal(tta.embed(x), want)
+    assert tta.fingerprint != plain.fingerprint and tta.config["tta"] == "flip" and "tta" not in plain.config
+    assert "tta='flip'" in repr(tta)
+    with pytest.raises(BackboneError, match="tta must be one of"):
+        Backbone("mobilenet_v2", weights=path, input_size=32, tta="rot90")
+
+
+def test_from_config_keeps_tta_interpolation_and_decode(mnv2_weights):
+    path, _ = mnv2_weights
+    for kw in ({"tta": "flip"}, {"interpolation": "bilinear"}, {"decode": "reduced"}):
+        bb = Backbone("mobilenet_v2", weights=path, input_size=32, **kw)
+        again = Backbone.from_config(bb.config)  # checks the fingerprint
+        assert again.fingerprint == bb.fingerprint, kw

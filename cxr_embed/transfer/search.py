@@ -1,0 +1,638 @@
+"""Choose the whole pipeline -- backbone, input size, layer, test-time augmentation, classifier --
+by nested patient-grouped cross-validation, with acquisition-shift stress tests in the ranking.
+
+:func:`search_pipeline` embeds each embedding configuration once into the store (cached and
+resumable like :func:`cxr_embed.extract`), tunes each classifier in an inner patient-grouped
+search inside every outer training fold (so the reported AUC is not the tuned one), and scores
+every pipeline's out-of-fold predictions on the held-out images and on perturbed copies of them
+(:mod:`cxr_embed.io.perturbations`). Every pipeline sees the same outer folds, so their
+out-of-fold predictions are paired (DeLong against the best).
+
+Ranking rule (``rank="worst"``, the default): a pipeline's score is the lowest of its clean
+out-of-fold AUC and its AUC under each stress perturbation -- the AUC it keeps under its worst
+acquisition shift. Ties go to the higher clean AUC. ``rank="clean"`` ranks by clean AUC alone.
+With ``stress_top=k`` only the embedding configurations of the ``k`` best pipelines by clean AUC
+are stress-tested (each perturbation costs one extraction of the internal set per
+configuration); the others rank after them.
+
+External data (``external=``) is only ever embedded and predicted by the pipelines refitted on
+the whole internal set: it never reaches a fit, a search or the ranking.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .._utils import sha256_text, stable_json
+from ..exceptions import ManifestError
+from ..io.perturbations import perturbation_config
+
+__all__ = ["EmbeddingConfig", "PipelineSearchResult", "SearchedPipeline", "search_pipeline", "SEARCH_SPACES"]
+
+logger = logging.getLogger(__name__)
+
+#: Compact default grids of the inner search (``clf__`` keys): two or three candidates each, so
+#: that a search over many embedding configurations stays affordable on a laptop.
+SEARCH_SPACES: dict[str, dict[str, list]] = {
+    "logreg": {"clf__C": [1e-3, 1e-2, 1e-1]},
+    "linear_svm": {"clf__estimator__C": [1e-4, 1e-3, 1e-2]},
+    "mlp": {"clf__alpha": [1e-1, 1.0]},
+    "xgboost": {"clf__max_depth": [2, 3]},
+}
+#: Fixed parameters of the classifiers in a search (cheaper than make_classifier's defaults on
+#: 1,000+ dimensional embeddings: measured 5 s instead of 18-80 s per XGBoost fit on 570 x 1280).
+_CLASSIFIER_PARAMS = {"xgboost": {"n_estimators": 100, "colsample_bytree": 0.3},
+                      "mlp": {"hidden_layer_sizes": (128,), "early_stopping": True}}
+RANK_RULES = ("worst", "clean")
+DEFAULT_STRESS = ("lowres", "jpeg", "gamma", "noise", "squash")
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """One way of turning an image into an embedding.
+
+    Attributes
+    ----------
+    backbone : str
+        A registered backbone name.
+    sizes : tuple of int
+        Input size(s); several sizes mean the mean of the embeddings at each (multi-resolution).
+    layer : str or None
+        Tapped layer (None: the backbone's default, the last one).
+    tta : {None, "flip"}
+        ``"flip"``: mean of the embeddings of the image and of its mirror.
+    """
+
+    backbone: str
+    sizes: tuple[int, ...]
+    layer: str | None = None
+    tta: str | None = None
+
+    @property
+    def label(self) -> str:
+        """Short name, e.g. ``efficientnet_lite0@224+flip`` or ``efficientnet_lite1@224|320``."""
+        text = f"{self.backbone}@{'|'.join(str(s) for s in self.sizes)}"
+        if self.layer:
+            text += f"/{self.layer}"
+        return text + ("+flip" if self.tta == "flip" else "")
+
+    def to_dict(self) -> dict:
+        return {"backbone": self.backbone, "sizes": list(self.sizes), "layer": self.layer, "tta": self.tta}
+
+
+@dataclass
+class SearchedPipeline:
+    """The chosen pipeline, refitted on the whole internal set.
+
+    Attributes
+    ----------
+    embedding : EmbeddingConfig
+    classifier : str
+    estimator : fitted estimator
+        The tuned classifier refitted on every internal image (its inner search chose
+        ``best_params``).
+    best_params : dict
+    fingerprint : str
+        SHA-256 of the fingerprints of the embedding functions it combines and the combination.
+    label : str
+    """
+
+    embedding: EmbeddingConfig
+    classifier: str
+    estimator: Any
+    best_params: dict
+    fingerprint: str
+    label: str
+    _backbone_kwargs: dict = field(default_factory=dict, repr=False)
+    _backbones: dict = field(default_factory=dict, repr=False)
+
+    def backbone(self, size: int | None = None):
+        """The :class:`~cxr_embed.Backbone` of one input size of this pipeline, with its ``tta``.
+
+        Its embeddings equal the pipeline's within float tolerance (the search builds flip TTA
+        from cached plain and mirrored passes).
+        """
+        from ..embed.backbones import Backbone
+
+        size = self.embedding.sizes[0] if size is None else size
+        if not self.embedding.tta and (self.embedding.backbone, size, self.embedding.layer) in self._backbones:
+            return self._backbones[(self.embedding.backbone, size, self.embedding.layer)]
+        return Backbone(self.embedding.backbone, input_size=size, layer=self.embedding.layer, tta=self.embedding.tta,
+                        **self._backbone_kwargs)
+
+    def embed(self, manifest, store, **extract_kwargs) -> tuple[np.ndarray, np.ndarray]:
+        """Embed a manifest's images as this pipeline does (extracting what the store lacks).
+
+        Returns
+        -------
+        ids : ndarray of str, shape (n_ok,)
+            The images that could be embedded (failures are logged by :func:`cxr_embed.extract`).
+        X : ndarray of shape (n_ok, dim)
+        """
+        cache = _Embeddings(store, self._backbone_kwargs, extract_kwargs, backbones=self._backbones)
+        df = _load(manifest, "manifest")
+        return cache.matrix(self.embedding, df)
+
+    def predict_proba(self, manifest, store, **extract_kwargs) -> pd.DataFrame:
+        """Probability of the positive class for each image of a manifest.
+
+        Returns
+        -------
+        DataFrame
+            Columns ``image_id`` and ``proba``; images that could not be embedded are absent.
+        """
+        ids, X = self.embed(manifest, store, **extract_kwargs)
+        return pd.DataFrame({"image_id": ids, "proba": _positive(self.estimator, X)})
+
+    def save(self, path, *, manifest=None, metrics=None, overwrite: bool = False, key=None):
+        """Save as a model bundle (:func:`cxr_embed.save_model`) recording the embedding configuration.
+
+        For a single input size the recorded ``backbone_fingerprint`` is that of :meth:`backbone`
+        (so ``cxr-embed predict`` works on a store extracted with it); for several sizes it is
+        :attr:`fingerprint` and :meth:`predict_proba` is the way to predict.
+        """
+        from ..learn.persistence import save_model
+
+        fp = self.backbone().fingerprint if len(self.embedding.sizes) == 1 else self.fingerprint
+        return save_model(path, self.estimator, labels=[self.label], backbone_fingerprint=fp, manifest=manifest,
+                          metrics=metrics, key=key, overwrite=overwrite,
+                          extra={"search": {"embedding": self.embedding.to_dict(), "classifier": self.classifier,
+                                            "best_params": _jsonable(self.best_params),
+                                            "pipeline_fingerprint": self.fingerprint}})
+
+
+@dataclass
+class PipelineSearchResult:
+    """What :func:`search_pipeline` found.
+
+    Attributes
+    ----------
+    table : DataFrame
+        One row per pipeline, best first: ``rank``, ``pipeline``, ``embedding``, ``classifier``,
+        ``auc`` / ``ci_low`` / ``ci_high`` (nested out-of-fold, patient-bootstrap 95% CI),
+        ``delong_p`` (paired DeLong against the best), ``auc_<perturbation>`` for each stress
+        perturbation, ``worst_shift`` (lowest of them), ``drop`` (``auc - worst_shift``),
+        ``score`` (what ranked it), ``stressed`` (bool), ``params`` (tuned parameters per outer
+        fold), and with ``external=``: ``ext_auc`` / ``ext_ci_low`` / ``ext_ci_high`` /
+        ``ext_delong_p`` (refitted on all internal data; reported, never used to rank).
+    best : SearchedPipeline
+    oof : dict of str -> ndarray of shape (n_samples,)
+        Clean out-of-fold probabilities per pipeline (mean over repeats).
+    stressed_oof : dict of (str, str) -> ndarray of shape (n_samples,)
+        Out-of-fold probabilities on perturbed copies, per (pipeline, perturbation).
+    y_true, groups, image_ids : ndarray of shape (n_samples,)
+    folds : list of (train_idx, test_idx)
+    external_proba : dict of str -> ndarray
+        Per pipeline, probabilities on the external images (``external_ids`` order).
+    settings : dict
+    seconds : dict
+        Wall time of ``extract``, ``cv``, ``stress`` and ``external``.
+    """
+
+    table: pd.DataFrame
+    best: SearchedPipeline
+    oof: dict
+    stressed_oof: dict
+    y_true: np.ndarray
+    groups: np.ndarray
+    image_ids: np.ndarray
+    folds: list
+    external_proba: dict = field(default_factory=dict)
+    external_ids: np.ndarray | None = None
+    external_y: np.ndarray | None = None
+    settings: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+    def summary(self, n: int = 10) -> str:
+        """The top ``n`` rows as fixed-width text."""
+        cols = [c for c in self.table.columns if c in ("rank", "pipeline", "auc", "ci_low", "ci_high", "delong_p",
+                                                       "worst_shift", "score", "ext_auc")]
+        return self.table[cols].head(n).to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+    def __repr__(self) -> str:
+        return f"PipelineSearchResult(best={self.best.label!r}, {len(self.table)} pipelines)"
+
+
+# --------------------------------------------------------------------------- helpers
+def _load(manifest, what: str) -> pd.DataFrame:
+    from ..io.manifest import load_manifest
+
+    if isinstance(manifest, pd.DataFrame):
+        df = manifest
+    elif isinstance(manifest, (str, os.PathLike)):
+        df = load_manifest(manifest)
+    else:
+        raise TypeError(f"{what} must be a DataFrame from cxr_embed.load_manifest or a path, got {type(manifest).__name__}")
+    missing = [c for c in ("image_id", "path") if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{what} lacks columns {missing}; fix: load it with cxr_embed.load_manifest")
+    if df["image_id"].duplicated().any():
+        raise ManifestError(f"{what} has duplicate image_id values; each image needs a unique id")
+    return df.reset_index(drop=True)
+
+
+def _binary_target(df: pd.DataFrame, label: str, what: str) -> pd.DataFrame:
+    if label not in df.columns:
+        raise ManifestError(f"{what} has no label column {label!r}; it has {list(df.columns)}")
+    y = pd.to_numeric(df[label], errors="coerce")
+    keep = y.isin([0, 1])
+    if (~keep).any():
+        logger.info("%s: %d rows without a certain 0/1 %r are left out", what, int((~keep).sum()), label)
+    out = df.loc[keep].reset_index(drop=True)
+    out["_y"] = y[keep].astype(int).to_numpy()
+    if out["_y"].nunique() < 2:
+        raise ManifestError(f"{what}: {label!r} needs both classes among its certain rows; found {out['_y'].unique()}")
+    return out
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    return obj if isinstance(obj, (str, int, float, bool, type(None))) else repr(obj)
+
+
+def _positive(est, X: np.ndarray) -> np.ndarray:
+    proba = np.asarray(est.predict_proba(X), dtype=float)
+    classes = list(getattr(est, "classes_", [0, 1]))
+    return proba[:, classes.index(1)] if 1 in classes else np.zeros(len(X))
+
+
+class _Embeddings:
+    """Extract-once, load-many access to the embedding of every configuration and view."""
+
+    def __init__(self, store, backbone_kwargs: dict, extract_kwargs: dict, backbones: dict | None = None):
+        from ..embed.store import EmbeddingStore
+
+        self.store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store, mode="a")
+        self.backbone_kwargs = dict(backbone_kwargs)
+        self.extract_kwargs = {"progress": False, **extract_kwargs}
+        self._backbones: dict = {} if backbones is None else backbones  # shared: one object per configuration
+        self.failures: list = []
+        self.seconds = 0.0
+
+    def backbone(self, name: str, size: int, layer):
+        from ..embed.backbones import Backbone
+
+        key = (name, size, layer)
+        if key not in self._backbones:
+            self._backbones[key] = Backbone(name, input_size=size, layer=layer, **self.backbone_kwargs)
+        return self._backbones[key]
+
+    def fingerprint(self, cfg: EmbeddingConfig) -> str:
+        parts = [self.backbone(cfg.backbone, s, cfg.layer).fingerprint for s in cfg.sizes]
+        return sha256_text(stable_json({"backbones": parts, "tta": cfg.tta, "combine": "mean"}))
+
+    def _view_rows(self, bb, df: pd.DataFrame, *, flip: bool, perturbation) -> dict:
+        from ..embed.extraction import extract
+        from ..embed.views import ImageView
+
+        obj = bb if not flip and perturbation is None else ImageView(bb, flip=flip, perturbation=perturbation)
+        t0 = time.perf_counter()
+        report = extract(df[["image_id", "path"]], obj, self.store, **self.extract_kwargs)
+        self.seconds += time.perf_counter() - t0
+        self.failures.extend(report.failures)
+        ids, X = self.store.load(obj.fingerprint)
+        return dict(zip((str(i) for i in ids), X))
+
+    def matrix(self, cfg: EmbeddingConfig, df: pd.DataFrame, perturbation=None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids that every part has, mean embedding) for a manifest, in manifest order."""
+        parts = []
+        for size in cfg.sizes:
+            bb = self.backbone(cfg.backbone, size, cfg.layer)
+            plain = self._view_rows(bb, df, flip=False, perturbation=perturbation)
+            if cfg.tta == "flip":
+                mirrored = self._view_rows(bb, df, flip=True, perturbation=perturbation)
+                plain = {k: (v + mirrored[k]) * np.float32(0.5) for k, v in plain.items() if k in mirrored}
+            parts.append(plain)
+        ids = [str(i) for i in df["image_id"] if all(str(i) in p for p in parts)]
+        if not ids:
+            return np.array([], dtype=str), np.zeros((0, 0), np.float32)
+        X = np.stack([np.mean([p[i] for p in parts], axis=0) if len(parts) > 1 else parts[0][i] for i in ids])
+        return np.asarray(ids), X.astype(np.float32, copy=False)
+
+
+def _configs(backbones, input_sizes, layers, tta, multiscale) -> list[EmbeddingConfig]:
+    from ..embed.registry import _get_spec
+
+    sizes = [None] if input_sizes is None else list(input_sizes)
+    out = []
+    for name, layer, t in product(backbones, layers, tta):
+        if t not in (None, "flip"):
+            raise ValueError(f"tta options are None and 'flip', got {t!r}")
+        native = int(_get_spec(name).input_size[0])
+        resolved = sorted({native if s is None else int(s) for s in sizes})
+        out += [EmbeddingConfig(name, (s,), layer, t) for s in resolved]
+        if multiscale and len(resolved) > 1:
+            out.append(EmbeddingConfig(name, tuple(resolved), layer, t))
+    if len(set(out)) != len(out):
+        raise ValueError("the search grid repeats an embedding configuration; list each backbone, size and layer once")
+    return out
+
+
+def _space(name: str, param_spaces: dict | None) -> dict:
+    from ..learn.classifiers import _canonical, default_search_space
+
+    key = _canonical(name)
+    if param_spaces and (name in param_spaces or key in param_spaces):
+        return dict(param_spaces.get(name, param_spaces.get(key)))
+    return dict(SEARCH_SPACES.get(key) or default_search_space(key))
+
+
+def _make(name: str, inner_cv: int, param_spaces, random_state, n_jobs):
+    from ..learn.classifiers import _canonical, make_classifier
+
+    key = _canonical(name)
+    return make_classifier(key, search="grid", cv=inner_cv, param_space=_space(name, param_spaces),
+                           random_state=random_state, n_jobs=n_jobs, **_CLASSIFIER_PARAMS.get(key, {}))
+
+
+def _auc_ci(y, s, groups, n_bootstrap, seed):
+    from ..evaluate.metrics import roc_auc_ci
+
+    return tuple(roc_auc_ci(y, s, groups=groups, n_bootstrap=n_bootstrap, random_state=seed))
+
+
+# --------------------------------------------------------------------------- public
+def search_pipeline(
+    manifest,
+    label: str,
+    *,
+    store,
+    backbones: Sequence[str] = ("efficientnet_lite0",),
+    input_sizes: Sequence[int | None] | None = None,
+    layers: Sequence[str | None] = (None,),
+    tta: Sequence[str | None] = (None,),
+    multiscale: bool = False,
+    classifiers: Sequence[str] = ("logreg",),
+    param_spaces: dict | None = None,
+    cv: int = 5,
+    inner_cv: int = 3,
+    n_repeats: int = 1,
+    groups: str = "patient_id",
+    stress: Sequence[str | dict] | None = DEFAULT_STRESS,
+    stress_top: int | None = None,
+    rank: str = "worst",
+    external=None,
+    external_store=None,
+    backbone_kwargs: dict | None = None,
+    extract_kwargs: dict | None = None,
+    n_bootstrap: int = 1000,
+    n_jobs: int | None = None,
+    random_state: int = 0,
+) -> PipelineSearchResult:
+    """Choose backbone, input size, layer, TTA and classifier by nested patient-grouped CV under stress.
+
+    Parameters
+    ----------
+    manifest : DataFrame or path
+        The internal data (from :func:`cxr_embed.load_manifest`): ``image_id``, ``path``, the
+        ``label`` column and the ``groups`` column.
+    label : str
+        A binary label column; rows without a certain 0/1 value are left out.
+    store : EmbeddingStore or path
+        Where the internal embeddings (clean, mirrored, perturbed: one group each) are cached;
+        a second run reuses them.
+    backbones : sequence of str
+        Registered backbone names.
+    input_sizes : sequence of int or None, optional
+        Input sizes (None: each backbone's native size).
+    layers : sequence of str or None
+        Tapped layers (None: the default last layer).
+    tta : sequence of {None, "flip"}
+        Test-time augmentation options to compare.
+    multiscale : bool, default False
+        Also compare, per backbone, the mean of the embeddings over all ``input_sizes``.
+    classifiers : sequence of str
+        Names of :func:`cxr_embed.make_classifier`.
+    param_spaces : dict, optional
+        Classifier name -> grid for the inner search (default :data:`SEARCH_SPACES`, then
+        :func:`cxr_embed.learn.classifiers.default_search_space`).
+    cv, inner_cv : int
+        Outer and inner patient-grouped folds.
+    n_repeats : int
+        Repeats of the outer split; out-of-fold probabilities are averaged over repeats.
+    groups : str
+        Patient column.
+    stress : sequence of str or dict, optional
+        Perturbations (:data:`cxr_embed.io.perturbations.PERTURBATIONS`) applied to evaluation
+        copies of the held-out images; ``None`` or ``()`` to skip.
+    stress_top : int, optional
+        Stress-test only the embedding configurations of the ``stress_top`` best pipelines by
+        clean AUC (default: all).
+    rank : {"worst", "clean"}
+        The ranking rule (module docstring).
+    external : DataFrame or path, optional
+        External data with the same ``label``: embedded and scored by every pipeline refitted on
+        all internal images; never used to fit, tune or rank.
+    external_store : EmbeddingStore or path, optional
+        Its cache (default: beside ``store``, ``<name>.external.h5``).
+    backbone_kwargs : dict, optional
+        Passed to every :class:`~cxr_embed.Backbone` (e.g. ``weights``, ``resize``).
+    extract_kwargs : dict, optional
+        Passed to :func:`cxr_embed.extract` (e.g. ``batch_size``, ``workers``).
+    n_bootstrap : int, default 1000
+        Patient-bootstrap resamples of each CI (0: none).
+    n_jobs : int, optional
+        Parallelism of the inner searches.
+    random_state : int, default 0
+        Seeds the folds, the searches and the bootstrap: the same call gives the same table.
+
+    Returns
+    -------
+    PipelineSearchResult
+
+    Raises
+    ------
+    ManifestError
+        Missing columns, a label without both classes.
+    ValueError
+        Unknown classifier, perturbation, rank rule or TTA option.
+
+    Examples
+    --------
+    >>> res = search_pipeline("labels.csv", "pneumonia", store="search.h5",  # doctest: +SKIP
+    ...                       backbones=["efficientnet_lite0"], input_sizes=[224, 320], tta=[None, "flip"],
+    ...                       classifiers=["logreg", "xgboost"], external="external.csv")
+    >>> print(res.summary())  # doctest: +SKIP
+    """
+    from ..learn.classifiers import _canonical
+    from ..learn.validation import check_no_leakage, grouped_kfold
+    from ..evaluate.metrics import delong_test
+
+    if rank not in RANK_RULES:
+        raise ValueError(f"rank must be one of {RANK_RULES}, got {rank!r}")
+    clf_names = [_canonical(c) for c in classifiers]
+    if len(set(clf_names)) != len(clf_names):
+        raise ValueError(f"classifiers repeat a name: {list(classifiers)}")
+    stress_cfgs = [perturbation_config(p) for p in (stress or ())]
+    stress_names = [c["name"] if sum(d["name"] == c["name"] for d in stress_cfgs) == 1
+                    else sha256_text(stable_json(c))[:8] for c in stress_cfgs]
+    configs = _configs(backbones, input_sizes, layers, tta, multiscale)
+    df = _binary_target(_load(manifest, "manifest"), label, "manifest")
+    if groups not in df.columns:
+        raise ManifestError(f"manifest has no patient column {groups!r}; patient-grouped CV needs one")
+    settings = {"label": label, "cv": cv, "inner_cv": inner_cv, "n_repeats": n_repeats, "rank": rank,
+                "stress": stress_cfgs, "stress_top": stress_top, "random_state": random_state,
+                "classifiers": clf_names, "configs": [c.to_dict() for c in configs],
+                "param_spaces": {c: _jsonable(_space(c, param_spaces)) for c in clf_names}}
+    seconds = {"extract": 0.0, "cv": 0.0, "stress": 0.0, "external": 0.0}
+    emb = _Embeddings(store, backbone_kwargs or {}, extract_kwargs or {})
+
+    # 1. every configuration extracted once; rows every configuration could embed
+    mats = {cfg: emb.matrix(cfg, df) for cfg in configs}
+    common = set(df["image_id"].astype(str))
+    for ids, _ in mats.values():
+        common &= set(ids)
+    n_left = len(df) - len(common)
+    if n_left:
+        logger.warning("%d images could not be embedded by every configuration and are left out of the search", n_left)
+    df = df[df["image_id"].astype(str).isin(common)].reset_index(drop=True)
+    order = df["image_id"].astype(str).to_numpy()
+    X_of = {cfg: X[pd.Index(ids).get_indexer(order)] for cfg, (ids, X) in mats.items()}
+    y = df["_y"].to_numpy()
+    g = df[groups].astype(str).to_numpy()
+    seconds["extract"] = emb.seconds
+
+    # 2. nested CV: the same outer folds for every pipeline; the inner search sees training patients only
+    folds = grouped_kfold(y, g, n_splits=cv, n_repeats=n_repeats, random_state=random_state)
+    t0 = time.perf_counter()
+    fitted: dict = {}
+    oof: dict = {}
+    params: dict = {}
+    for cfg, name in product(configs, clf_names):
+        key = f"{cfg.label} · {name}"
+        sums, counts, models, chosen = np.zeros(len(y)), np.zeros(len(y)), [], []
+        for train, test in folds:
+            check_no_leakage(g[train], g[test])
+            est = _make(name, inner_cv, param_spaces, random_state, n_jobs)
+            est.fit(X_of[cfg][train], y[train], groups=g[train])
+            sums[test] += _positive(est, X_of[cfg][test])
+            counts[test] += 1
+            models.append(est)
+            chosen.append(_jsonable(getattr(est, "best_params_", {})))
+        oof[key] = sums / np.maximum(counts, 1)
+        fitted[key], params[key] = models, chosen
+        logger.info("nested CV %s: AUC %.3f", key, _auc_ci(y, oof[key], g, 0, random_state)[0])
+    seconds["cv"] = time.perf_counter() - t0
+
+    rows = []
+    for cfg, name in product(configs, clf_names):
+        key = f"{cfg.label} · {name}"
+        auc, lo, hi = _auc_ci(y, oof[key], g, n_bootstrap, random_state)
+        rows.append({"pipeline": key, "embedding": cfg.label, "classifier": name, "auc": auc, "ci_low": lo,
+                     "ci_high": hi, "params": params[key], "_cfg": cfg})
+    table = pd.DataFrame(rows)
+
+    # 3. stress: the outer-fold models predict perturbed copies of their own held-out images
+    t0 = time.perf_counter()
+    stressed_oof: dict = {}
+    if stress_cfgs:
+        ranked = table.sort_values("auc", ascending=False)
+        chosen_cfgs = list(dict.fromkeys(ranked["_cfg"])) if stress_top is None else \
+            list(dict.fromkeys(ranked["_cfg"].head(int(stress_top))))
+        for cfg in chosen_cfgs:
+            for pname, pcfg in zip(stress_names, stress_cfgs):
+                ids_p, X_p = emb.matrix(cfg, df, perturbation=pcfg)
+                pos = pd.Index(ids_p).get_indexer(order)
+                for name in clf_names:
+                    key = f"{cfg.label} · {name}"
+                    sums, counts = np.zeros(len(y)), np.zeros(len(y))
+                    for est, (train, test) in zip(fitted[key], folds):
+                        ok = test[pos[test] >= 0]
+                        sums[ok] += _positive(est, X_p[pos[ok]])
+                        counts[ok] += 1
+                    s = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+                    stressed_oof[(key, pname)] = s
+        for pname in stress_names:
+            col = []
+            for key in table["pipeline"]:
+                s = stressed_oof.get((key, pname))
+                keep = None if s is None else ~np.isnan(s)
+                col.append(np.nan if s is None or keep.sum() < 2 or len(set(y[keep])) < 2
+                           else _auc_ci(y[keep], s[keep], g[keep], 0, random_state)[0])
+            table[f"auc_{pname}"] = col
+        stress_cols = [f"auc_{p}" for p in stress_names]
+        table["worst_shift"] = table[stress_cols].min(axis=1, skipna=False)
+        table["drop"] = table["auc"] - table["worst_shift"]
+        table["stressed"] = table["worst_shift"].notna()
+    else:
+        table["worst_shift"], table["drop"], table["stressed"] = np.nan, np.nan, False
+    seconds["stress"] = time.perf_counter() - t0
+    seconds["extract"] = emb.seconds
+
+    # 4. rank (internal data only), DeLong against the best
+    if rank == "worst" and table["stressed"].any():
+        table["score"] = np.minimum(table["auc"], table["worst_shift"])
+    else:
+        table["score"] = table["auc"]
+    table = table.sort_values(["stressed", "score", "auc"], ascending=[False, False, False], kind="mergesort") \
+        if rank == "worst" else table.sort_values(["score"], ascending=False, kind="mergesort")
+    table = table.reset_index(drop=True)
+    table.insert(0, "rank", np.arange(1, len(table) + 1))
+    best_key = table.loc[0, "pipeline"]
+    table["delong_p"] = [1.0 if k == best_key else float(delong_test(y, oof[best_key], oof[k])[3])
+                         for k in table["pipeline"]]
+
+    # 5. refit the best on all internal images (its own inner search); external only predicted
+    best_cfg, best_name = table.loc[0, "_cfg"], table.loc[0, "classifier"]
+    refits = {}
+
+    def refit(cfg, name):
+        est = _make(name, inner_cv, param_spaces, random_state, n_jobs)
+        return est.fit(X_of[cfg], y, groups=g)
+
+    refits[best_key] = refit(best_cfg, best_name)
+    external_proba, ext_ids, ext_y = {}, None, None
+    if external is not None:
+        t0 = time.perf_counter()
+        edf = _binary_target(_load(external, "external manifest"), label, "external manifest")
+        if external_store is None:
+            base = Path(emb.store.path)
+            external_store = base.with_name(base.stem + ".external" + base.suffix)
+        eemb = _Embeddings(external_store, backbone_kwargs or {}, extract_kwargs or {}, backbones=emb._backbones)
+        emats = {cfg: eemb.matrix(cfg, edf) for cfg in configs}
+        ecommon = set(edf["image_id"].astype(str))
+        for ids, _ in emats.values():
+            ecommon &= set(ids)
+        edf = edf[edf["image_id"].astype(str).isin(ecommon)].reset_index(drop=True)
+        ext_ids = edf["image_id"].astype(str).to_numpy()
+        ext_y = edf["_y"].to_numpy()
+        eg = edf[groups].astype(str).to_numpy() if groups in edf.columns else ext_ids
+        ext_cols = {"ext_auc": [], "ext_ci_low": [], "ext_ci_high": []}
+        for key, cfg, name in zip(table["pipeline"], table["_cfg"], table["classifier"]):
+            est = refits.get(key) or refit(cfg, name)
+            ids_e, X_e = emats[cfg]
+            p = _positive(est, X_e[pd.Index(ids_e).get_indexer(ext_ids)])
+            external_proba[key] = p
+            auc, lo, hi = _auc_ci(ext_y, p, eg, n_bootstrap, random_state)
+            for c, v in zip(ext_cols, (auc, lo, hi)):
+                ext_cols[c].append(v)
+        for c, v in ext_cols.items():
+            table[c] = v
+        table["ext_delong_p"] = [1.0 if k == best_key else float(delong_test(ext_y, external_proba[best_key],
+                                                                              external_proba[k])[3])
+                                 for k in table["pipeline"]]
+        seconds["external"] = time.perf_counter() - t0
+    best = SearchedPipeline(embedding=best_cfg, classifier=best_name, estimator=refits[best_key],
+                            best_params=_jsonable(getattr(refits[best_key], "best_params_", {})),
+                            fingerprint=emb.fingerprint(best_cfg), label=label,
+                            _backbone_kwargs=dict(backbone_kwargs or {}), _backbones=emb._backbones)
+    cols = ["rank", "pipeline", "embedding", "classifier", "auc", "ci_low", "ci_high", "delong_p"]
+    cols += [c for c in table.columns if c.startswith("auc_")] + ["worst_shift", "drop", "score", "stressed"]
+    cols += [c for c in ("ext_auc", "ext_ci_low", "ext_ci_high", "ext_delong_p") if c in table.columns] + ["params"]
+    settings["n_images"], settings["n_left_out"] = int(len(y)), int(n_left)
+    return PipelineSearchResult(table=table[cols], best=best, oof=oof, stressed_oof=stressed_oof, y_true=y,
+                                groups=g, image_ids=order, folds=folds, external_proba=external_proba,
+                                external_ids=ext_ids, external_y=ext_y, settings=settings, seconds=seconds)
