@@ -1,4 +1,5 @@
-"""Smoke tests of bench/extract.py and bench/distributed.py: they run end to end and print the JSON they promise (slow set)."""
+"""Smoke tests of the benchmarks in bench/: they run end to end and print the JSON they promise (slow set, but for
+bench/manifests.py on the smallest real table)."""
 from __future__ import annotations
 
 import json
@@ -70,3 +71,14 @@ def test_gpu_check_dry_run_parts():
     assert bad.returncode == 2 and "unknown option" in json.loads(bad.stdout)["error"]
     no_tf = subprocess.run(["bash", str(script), "--python", "/bin/false"], capture_output=True, text=True, timeout=30)
     assert no_tf.returncode == 3 and "make install" in json.loads(no_tf.stdout)["error"]
+
+
+def test_bench_manifests_runs_and_prints_json():
+    if not (ROOT.parent / "shared" / "data" / "label_tables" / "google2019_nih-chest-xray-labels.csv.gz").is_file():
+        pytest.skip("../shared/data/label_tables is absent")
+    cmd = [sys.executable, str(ROOT / "bench" / "manifests.py"), "--tables", "google2019"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr[-3000:]
+    (row,) = json.loads(out.stdout)["tables"]
+    assert row["table"] == "google2019" and row["shape"][0] == 4376 and row["label_dtypes"] == ["float32"]
+    assert row["cpu_s"] >= 0 and row["peak_rss_mib"] >= row["baseline_rss_mib"] > 0 and row["tracemalloc_peak_mib"] > 0

@@ -42,6 +42,9 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".
 RASTER_SUFFIXES = IMAGE_SUFFIXES - {".dcm", ".dicom", ".dic"}
 # table files recognised inside folders
 TABLE_SUFFIXES = (".csv", ".csv.gz", ".zip")
+#: dtype of every manifest label column: 1.0, 0.0, -1.0 and NaN are exact in float32, at half the
+#: memory of float64 (PadChest's 193 labels x 160,861 images: 118 MiB instead of 237 MiB)
+LABEL_DTYPE = np.dtype(np.float32)
 
 
 def image_suffix(f: Path) -> str:
@@ -49,6 +52,7 @@ def image_suffix(f: Path) -> str:
     return ".nii.gz" if f.name.lower().endswith(".nii.gz") else f.suffix.lower()
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BYTES = bytes([*range(0x20), 0x7f])
 _DRIVE = re.compile(r"^(?:[A-Za-z]:)?/+")
 _KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
@@ -320,9 +324,17 @@ def control_rows(values: Sequence[Any] | pd.Series) -> np.ndarray:
         values = values.to_numpy(dtype=object)
     hits = []
     for start in range(0, len(values), 4096):
-        block = [v if isinstance(v, str) else "" for v in values[start:start + 4096]]
-        if _CONTROL_RE.search(" ".join(block)) is not None:
-            hits += [start + i for i, v in enumerate(block) if _CONTROL_RE.search(v)]
+        block = values[start:start + 4096]
+        try:
+            joined = " ".join(block)
+        except TypeError:  # a missing value or a number among the str
+            block = [v if isinstance(v, str) else "" for v in block]
+            joined = " ".join(block)
+        # UTF-8 writes each control character as its own byte, and no other character uses those
+        # bytes: deleting them changes the length exactly when one is there (C speed, 4x a regex)
+        encoded = joined.encode("utf-8", "surrogatepass")
+        if len(encoded.translate(None, _CONTROL_BYTES)) != len(encoded):
+            hits += [start + i for i, v in enumerate(block) if isinstance(v, str) and _CONTROL_RE.search(v)]
     return np.array(hits, dtype=int)
 
 
@@ -444,13 +456,13 @@ def ids_from_names(names: Sequence[str]) -> list[str]:
 
 
 def multi_hot(codes: np.ndarray, tokens: Sequence[Sequence[int]], n_labels: int) -> np.ndarray:
-    """Label matrix of shape (n_labels, n) float64 from per-unique-value token lists.
+    """Label matrix of shape (n_labels, n), :data:`LABEL_DTYPE`, from per-unique-value token lists.
 
     ``codes`` (length n, -1 for none) indexes ``tokens`` (one list of label indices per distinct
     source value, as from :func:`pandas.factorize`), so each distinct value is parsed once; the
     matrix is written in place, without an (n, n_labels) intermediate.
     """
-    y = np.zeros((n_labels, len(codes)))
+    y = np.zeros((n_labels, len(codes)), dtype=LABEL_DTYPE)
     lengths = np.array([len(t) for t in tokens], dtype=np.int64)
     if not lengths.sum():
         return y
@@ -485,8 +497,8 @@ def assemble(path: Path, core: Mapping[str, Any], label_names: Sequence[str] = (
     label_names : sequence of str
         Names of the label columns, in order.
     label_matrix : ndarray of shape (n_labels, n), optional
-        float64 label values, one row per label (each label contiguous in memory, so the
-        frame holds it without a copy).
+        Label values, one row per label (each label contiguous in memory, so the frame holds it
+        without a copy when it is already :data:`LABEL_DTYPE`; otherwise converted once).
     meta : mapping, optional
         Metadata columns the loader builds (``sex``, ``age``, ``view`` ...).
     extras : DataFrame, optional
@@ -498,11 +510,14 @@ def assemble(path: Path, core: Mapping[str, Any], label_names: Sequence[str] = (
     parts = [pd.DataFrame({k: _column(v) for k, v in core.items()})]
     n = len(parts[0])
     if label_matrix is not None and len(label_names):
+        label_matrix = np.asarray(label_matrix, dtype=LABEL_DTYPE)  # no copy when built as float32
         parts.append(pd.DataFrame(label_matrix.T, columns=list(label_names), copy=False))
     elif len(label_names):
         raise ValueError("assemble: label_names given without label_matrix")
-    if meta:
-        parts.append(pd.DataFrame(meta, index=pd.RangeIndex(n)))
+    for k, v in meta.items():  # one Series each: pd.DataFrame(meta) would copy them into one block
+        if len(v) != n:
+            raise ValueError(f"assemble: metadata column {k!r} has {len(v)} values for {n} rows")
+        parts.append(v.rename(k) if isinstance(v, pd.Series) else pd.Series(v, name=k, copy=False))
     taken = set(core) | set(label_names) | set(meta)
     if extras is not None and len(extras.columns):
         renamed, moved = {}, []

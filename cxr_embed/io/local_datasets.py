@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from ..exceptions import ImageReadError, ManifestError
-from ._tables import (IMAGE_SUFFIXES, RASTER_SUFFIXES, assemble, check_blank, check_text, duplicates, id_from_path,
-                      ids_and_paths, image_suffix, label_values, read_header, read_table, snake, text, walk_files,
-                      warn)
+from ._tables import (IMAGE_SUFFIXES, LABEL_DTYPE, RASTER_SUFFIXES, assemble, check_blank, check_text, duplicates,
+                      id_from_path, ids_and_paths, image_suffix, label_values, read_header, read_table, snake, text,
+                      walk_files, warn)
 from .annotation_datasets import VINDR_FINDINGS
 from .public_datasets import CHEXPERT_LABELS, GOOGLE2019_LABELS, NIH_LABELS
 
@@ -158,7 +158,7 @@ def _load_generic(csv: Path, root: Path | None, labels: Sequence[str] | None,
         else:
             logger.info("%s", note)
 
-    y = np.empty((len(labels), len(raw)))
+    y = np.empty((len(labels), len(raw)), dtype=LABEL_DTYPE)
     for j, c in enumerate(labels):
         y[j] = label_values(raw[c], csv, c)
     meta = {}
@@ -258,7 +258,7 @@ def _load_folders(folder: Path, patient_pattern: str | None,
     rows = _image_rows(folder, [f for f, _ in files], patient_pattern)
     classes = np.array([cls for _, cls in files], dtype=object)
     labels = list(label_of.values())
-    y = np.vstack([(classes == cls).astype(float) for cls in label_of])
+    y = np.vstack([(classes == cls) for cls in label_of]).astype(LABEL_DTYPE)
     out = assemble(folder, {"image_id": [r[0] for r in rows], "path": [r[1] for r in rows],
                             "patient_id": [r[2] for r in rows]}, labels, y, {"label": classes})
     return out, folder, labels

@@ -129,7 +129,7 @@ def test_generic_csv_detects_labels_not_metadata(tmp_path):
     assert all(os.path.isabs(p) and os.path.isfile(p) for p in df["path"])
     assert df["path"][0] == str(tmp_path / "images" / "img0.png")
     np.testing.assert_array_equal(df["effusion"].to_numpy(), [1.0, 0.0, -1.0, np.nan, 0.0, 1.0])
-    assert df["effusion"].dtype == np.float64 and df["pneumonia"].dtype == np.float64
+    assert df["effusion"].dtype == np.float32 and df["pneumonia"].dtype == np.float32
     assert df["patient_id"].tolist() == ["p0", "p0", "p1", "p1", "p2", "p2"]
 
 
@@ -355,6 +355,7 @@ def test_folders_format(tmp_path):
     assert len(df) == 6 and df["image_id"][0] == "NORMAL/IM-0001-0001"
     assert df["normal"].tolist() == [1.0] * 3 + [0.0] * 3
     assert df["pneumonia"].tolist() == [0.0] * 3 + [1.0] * 3
+    assert df["normal"].dtype == df["pneumonia"].dtype == np.float32
     assert df["label"].tolist() == ["NORMAL"] * 3 + ["PNEUMONIA"] * 3
     assert (df["patient_id"] == df["image_id"]).all()
     with pytest.raises(ManifestError, match="root= is only used by CSV formats"):

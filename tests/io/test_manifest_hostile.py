@@ -185,7 +185,7 @@ def test_many_label_columns_build_without_fragmentation_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # pandas' PerformanceWarning ("highly fragmented") would fail here
         df = load_manifest(tmp_path / "wide.csv", check_files=False)
-    assert len(df.attrs["labels"]) == k and df[[f"finding_{j}" for j in range(k)]].dtypes.eq(np.float64).all()
+    assert len(df.attrs["labels"]) == k and df[[f"finding_{j}" for j in range(k)]].dtypes.eq(np.float32).all()
 
 
 # --------------------------------------------------------------------------- every failure is named

@@ -380,6 +380,8 @@ def test_extra_columns_never_replace_built_columns(tmp_path, fmt, label, write):
     assert df.attrs["labels"] == plain.attrs["labels"]
     assert (df["source_path"] == "/somewhere/else.png").all() and (df["source_image_id"] == "not-the-id").all()
     assert (df[f"source_{label}"].astype(str) == "7").all()
+    for table in (plain, df):  # one label dtype for every format (docs/manifests.md)
+        assert table[table.attrs["labels"]].dtypes.eq(np.float32).all()
 
 
 def test_generic_csv_extra_source_image_id_is_kept_too(tmp_path):

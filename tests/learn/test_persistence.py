@@ -143,6 +143,13 @@ def test_manifest_hash_ignores_order_and_paths_but_not_labels():
         manifest_hash(df, ["missing"])
 
 
+def test_manifest_hash_is_the_same_for_float32_and_float64_labels():
+    # manifests hold float32 labels since 0.2; bundles trained on float64 manifests keep their hash
+    df = pd.DataFrame({"image_id": list("abcd"), "patient_id": list("ppqq"),
+                       "L": np.array([1.0, 0.0, -1.0, np.nan], dtype=np.float32)})
+    assert manifest_hash(df, ["L"]) == manifest_hash(df.astype({"L": np.float64}), ["L"])
+
+
 # ------------------------------------------------------------ bundles of the pre-0.2 layout
 PREMOVE = Path(__file__).resolve().parents[1] / "data" / "bundle_v0_1_premove"
 
