@@ -30,6 +30,7 @@ _LAZY = {
     "summarize_manifest": "cxr_embed.io.manifest",
     "prepare_image": "cxr_embed.io.preprocessing",
     "load_boxes": "cxr_embed.io.boxes",
+    "perturb": "cxr_embed.io.perturbations",
     # embeddings
     "Backbone": "cxr_embed.embed.backbones",
     "list_backbones": "cxr_embed.embed.backbones",
@@ -37,6 +38,7 @@ _LAZY = {
     "merge": "cxr_embed.embed.store",
     "extract": "cxr_embed.embed.extraction",
     "ExtractionReport": "cxr_embed.embed.extraction",
+    "ImageView": "cxr_embed.embed.views",
     # labels, classifiers, validation, metrics
     "apply_uncertainty": "cxr_embed.learn.labels",
     "make_classifier": "cxr_embed.learn.classifiers",
@@ -81,6 +83,8 @@ _LAZY = {
     "predict_finetuned": "cxr_embed.transfer.finetuning",
     "FineTuneResult": "cxr_embed.transfer.finetuning",
     "compare_transfer": "cxr_embed.transfer.compare",
+    "search_pipeline": "cxr_embed.transfer.search",
+    "PipelineSearchResult": "cxr_embed.transfer.search",
     # the embedded default dataset
     "make_synthetic_cxr": "cxr_embed.datasets",
     "write_dataset": "cxr_embed.datasets",

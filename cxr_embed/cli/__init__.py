@@ -21,7 +21,7 @@ from collections.abc import Sequence
 __all__ = ["main", "build_parser"]
 
 #: Modules of cxr_embed.cli that register subcommands, in help order.
-_COMMAND_MODULES = ["_io", "_extract", "_store", "_models", "_compare", "_explain", "_localize", "_audit"]
+_COMMAND_MODULES = ["_io", "_extract", "_store", "_models", "_compare", "_search", "_explain", "_localize", "_audit"]
 
 EXIT_ERROR = 2
 
