@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from mkdocs_gallery import gen_single
 from mkdocs_gallery.scrapers import figure_md_or_html
 
 SMALL = ["--backbone", "efficientnet_lite0", "--input-size", "64"]
@@ -49,10 +50,13 @@ def _dicom_folder() -> Path:
     """Four synthetic DICOMs for ``read_dicom_folder.py``: two MONOCHROME2 (site A), two MONOCHROME1 (site B)."""
     from cxr_embed.datasets import SITES, make_synthetic_cxr, write_dataset
 
-    folder = _WORK / "dicoms"
+    written, folder = _WORK / "dicom_dataset", _WORK / "dicoms"
+    folder.mkdir(parents=True, exist_ok=True)
     for site, seed in (("A", 0), ("B", 1)):
         ds = make_synthetic_cxr(2, site=site, size=64, seed=seed)
-        write_dataset(ds, folder / site, format="dicom", monochrome1=SITES[site].monochrome1)
+        write_dataset(ds, written / site, format="dicom", monochrome1=SITES[site].monochrome1)
+        for dcm in sorted((written / site).rglob("*.dcm")):  # the images only (not labels.csv, masks.npz)
+            shutil.copyfile(dcm, folder / dcm.name)
     return folder
 
 
@@ -90,6 +94,22 @@ class PngFiles:
         return figure_md_or_html(paths, script) if paths else ""
 
 
+class _ExecReportingExit(gen_single._exec_once):
+    """mkdocs-gallery runs an example in the build's process and catches only ``Exception``: a script
+    ending in ``sys.exit(1)`` (or an argparse error) would end the whole build without a word. Here a
+    non-zero exit status is an error of that example, reported (and failing the build) like any other."""
+
+    def __call__(self):
+        try:
+            super().__call__()
+        except SystemExit as e:
+            if e.code not in (None, 0):
+                raise RuntimeError(f"the example exited with status {e.code!r}") from e
+
+
+gen_single._exec_once = _ExecReportingExit
+
+
 class ExampleOrder:
     """Sort key: the order of ``ORDER`` (the quickstart first), unknown scripts last by name."""
 
@@ -107,6 +127,8 @@ conf = {
     "within_subsection_order": ExampleOrder,
     "reset_argv": ResetArgv(),
     "image_scrapers": ("matplotlib", PngFiles()),
+    # every build runs every example (not only those whose source changed: the library may have)
+    "run_stale_examples": True,
     # an example that fails fails the build
     "abort_on_example_error": True,
     "only_warn_on_example_error": False,
