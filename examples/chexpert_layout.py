@@ -1,4 +1,5 @@
 """CheXpert layout and uncertain labels
+====================================
 
 Uncertain labels (-1) under U-Ones vs U-Ignore, with patient-grouped CV.
 

@@ -1,4 +1,5 @@
-"""The whole method: `make demo`
+"""The whole method: make demo
+=============================
 
 The whole method on the embedded synthetic default, offline: ``make demo``.
 

@@ -1,4 +1,5 @@
 """A folder of DICOM files
+=======================
 
 A folder of DICOM files -> manifest -> embeddings -> what the store holds.
 

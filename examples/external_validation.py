@@ -1,4 +1,5 @@
 """External validation
+===================
 
 Fit on one manifest, score on another, beside internal grouped CV
 ([`external_validation`][cxr_embed.external_validation]).

@@ -1,4 +1,5 @@
 """NIH ChestX-ray14 layout
+=======================
 
 ``Data_Entry_2017.csv`` + ``images/``, one label, grouped CV, AUC by view.
 

@@ -1,4 +1,5 @@
 """Quickstart
+==========
 
 Synthetic radiographs -> embeddings -> patient-grouped CV, in a few lines of the public API:
 [`load_manifest`][cxr_embed.load_manifest], [`extract`][cxr_embed.extract],

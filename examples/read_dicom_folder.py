@@ -1,4 +1,5 @@
 """Reading a folder as the models see it
+=====================================
 
 Read every image of a folder the way cxr_embed's models will see it, and print what came out.
 

@@ -1,4 +1,5 @@
 """Every classifier on real radiographs
+====================================
 
 Every classifier on efficientnet_lite0 embeddings of real radiographs: internal vs external AUC.
 

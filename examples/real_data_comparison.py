@@ -1,4 +1,5 @@
 """The three-way comparison on real radiographs
+============================================
 
 The three-way transfer comparison on real radiographs: NIH (local) -> Kermany (external).
 

@@ -15,10 +15,17 @@ from __future__ import annotations
 import atexit
 import shutil
 import tempfile
+import warnings
+from html import escape
 from pathlib import Path
 
 from mkdocs_gallery import gen_single
 from mkdocs_gallery.scrapers import figure_md_or_html
+
+try:  # absl (TensorFlow's logging) keeps the sys.stderr of its first import: let it be the real one,
+    import absl.logging  # noqa: F401  not the gallery's capture of an example's output
+except ImportError:
+    pass
 
 SMALL = ["--backbone", "efficientnet_lite0", "--input-size", "64"]
 
@@ -87,21 +94,33 @@ class PngFiles:
         out, found = _out(script), []
         for pattern in EXAMPLES[name][1]:
             found += [p for p in sorted(out.glob(pattern)) if p not in found]
-        paths = []
+        figures = []
         for png, target in zip(found, script.run_vars.image_path_iterator):
             shutil.copyfile(png, target)
-            paths.append(Path(target))
-        return figure_md_or_html(paths, script) if paths else ""
+            alt = png.stem.replace("_", " ")  # "roc internal opacity"
+            figures.append((Path(target), f"{png.parent.name}/{png.name}" if png.parent != out else png.name, alt))
+        if len(figures) == 1:
+            target, _, alt = figures[0]
+            return figure_md_or_html([target], script, alt)
+        # several: two per row, as the matplotlib scraper lays out several figures (its markdown
+        # list for files has no such layout)
+        items = "".join(f'<li><img alt="{escape(alt)}" title="{escape(shown)}" src="../{target.parent.name}/{target.name}" '
+                        f'class="sphx-glr-multi-img" /></li>\n' for target, shown, alt in figures)
+        return f'\n<ul class="mkd-glr-horizontal">\n{items}</ul>\n' if figures else ""
 
 
 class _ExecReportingExit(gen_single._exec_once):
     """mkdocs-gallery runs an example in the build's process and catches only ``Exception``: a script
     ending in ``sys.exit(1)`` (or an argparse error) would end the whole build without a word. Here a
-    non-zero exit status is an error of that example, reported (and failing the build) like any other."""
+    non-zero exit status is an error of that example, reported (and failing the build) like any other.
+    DeprecationWarnings are not shown on the pages."""
 
     def __call__(self):
         try:
-            super().__call__()
+            with warnings.catch_warnings():
+                # the libraries' own deprecation notices (Keras on NumPy 2 ...) are noise on the page
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                super().__call__()
         except SystemExit as e:
             if e.code not in (None, 0):
                 raise RuntimeError(f"the example exited with status {e.code!r}") from e

@@ -13,7 +13,9 @@
    mkdocstrings cross-reference: a link where the target has a reference entry, code otherwise
    (a private helper, a module). A role naming nothing that exists in cxr_embed is a broken
    cross-reference; names outside cxr_embed (``numpy.ndarray``, ``ValueError``) become code.
-3. **Checks.** Every public name resolves and has a docstring, and so has every public method and
+3. **reST in the docstrings.** Simple tables (``====  ====`` borders) become Markdown tables, and the
+   types of ``name : type`` lines lose their double backquotes (a type is shown as code already).
+4. **Checks.** Every public name resolves and has a docstring, and so has every public method and
    property of a public class.
 
 Problems are logged as warnings, which ``mkdocs build --strict`` (``make docs``) turns into errors.
@@ -62,8 +64,9 @@ class LazyExports(griffe.Extension):
 
         resolver = _Resolver(pkg, loader.modules_collection)
         for obj in _walk(pkg):
-            if obj.docstring is not None and ":" in obj.docstring.value:
-                obj.docstring.value = ROLE.sub(lambda m, o=obj: resolver.replace(m, o), obj.docstring.value)
+            if obj.docstring is not None:
+                text = rst_tables_to_markdown(plain_types(obj.docstring.value))
+                obj.docstring.value = ROLE.sub(lambda m, o=obj: resolver.replace(m, o), text)
 
         for name in pkg.exports:
             try:
@@ -77,6 +80,59 @@ class LazyExports(griffe.Extension):
             if obj.is_class:
                 for method in _undocumented_methods(obj):
                     _logger.warning("cxr_embed.%s.%s has no docstring: write one (numpydoc)", name, method)
+
+
+TABLE_BORDER = re.compile(r"^(?P<indent> *)=+(?: +=+)+ *$")
+TYPE_LINE = re.compile(r"^(?P<name>\*{0,2}[A-Za-z_][\w, *]*) : (?P<type>.+)$")
+
+
+def plain_types(text: str) -> str:
+    """``name : array of shape like ``X``  ``-> ``name : array of shape like X``: the type is shown as code already."""
+    return "\n".join(f"{m['name']} : {m['type'].replace('``', '')}" if (m := TYPE_LINE.match(line)) else line
+                     for line in text.split("\n"))
+
+
+def rst_tables_to_markdown(text: str) -> str:
+    """reST simple tables (``====  ====`` borders) -> Markdown tables; a row whose first cell is
+    empty continues the row above."""
+    lines, out, i = text.split("\n"), [], 0
+    while i < len(lines):
+        top = TABLE_BORDER.match(lines[i])
+        if not top:
+            out.append(lines[i])
+            i += 1
+            continue
+        border = lines[i]
+        spans = [(m.start(), m.end()) for m in re.finditer(r"=+", border)]
+        rows, header, j, borders = [], None, i + 1, 1
+        while j < len(lines) and borders < 3:
+            if lines[j].strip() and lines[j].strip().replace(" ", "").replace("=", "") == "":
+                borders += 1
+                if borders == 2:
+                    header, rows = rows, []
+                j += 1
+                continue
+            cells = []
+            for k, (a, b) in enumerate(spans):
+                end = spans[k + 1][0] if k + 1 < len(spans) else None
+                cells.append(lines[j][a:end].strip())
+            if rows and not cells[0]:
+                rows[-1] = [f"{x} {y}".strip() for x, y in zip(rows[-1], cells)]
+            elif any(cells):
+                rows.append(cells)
+            j += 1
+        if header is None:  # a table without a header row: leave it alone
+            out.append(lines[i])
+            i += 1
+            continue
+        cell = lambda c: c.replace("|", "\\|")  # noqa: E731
+        indent = top["indent"]
+        out += ["", indent + "| " + " | ".join(cell(c) for c in header[0]) + " |",
+                indent + "|" + "---|" * len(spans)]
+        out += [indent + "| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+        out.append("")
+        i = j
+    return "\n".join(out)
 
 
 def _walk(obj: griffe.Object):

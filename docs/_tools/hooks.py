@@ -24,7 +24,7 @@ log = logging.getLogger("mkdocs.hooks.cxr_embed")
 
 ENTRY = re.compile(r"^:::\s+cxr_embed\.([A-Za-z_][A-Za-z0-9_]*)\s*$", re.MULTILINE)
 MARKER = re.compile(r"^<!--\s*cli-help:\s*([a-z][a-z\- ]*?|)\s*-->\s*$", re.MULTILINE)
-HELP_WIDTH = 100
+HELP_WIDTH = 88  # characters: fits the content column on a 1366 px screen
 
 
 def on_config(config, **kwargs):
