@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import shutil
+import struct
 import tempfile
 import warnings
 from html import escape
@@ -103,10 +104,16 @@ class PngFiles:
             target, _, alt = figures[0]
             return figure_md_or_html([target], script, alt)
         # several: a list of images, two per row (docs/stylesheets/extra.css), each a link to its full size
-        items = "".join(f'<li><a href="../{target.parent.name}/{target.name}"><img alt="{escape(alt)}" '
+        items = "".join(f'<li{_wide(target)}><a href="../{target.parent.name}/{target.name}"><img alt="{escape(alt)}" '
                         f'title="{escape(shown)}" src="../{target.parent.name}/{target.name}" '
                         f'class="sphx-glr-multi-img" /></a></li>\n' for target, shown, alt in figures)
         return f'\n<ul class="mkd-glr-horizontal">\n{items}</ul>\n' if figures else ""
+
+
+def _wide(png: Path) -> str:
+    """`` class="wide"`` for a figure more than twice as wide as high (a forest plot): a row of its own."""
+    width, height = struct.unpack(">II", png.read_bytes()[16:24])  # the PNG header (IHDR)
+    return ' class="wide"' if width > 2 * height else ""
 
 
 class _ExecReportingExit(gen_single._exec_once):
@@ -152,5 +159,7 @@ conf = {
     "abort_on_example_error": True,
     "only_warn_on_example_error": False,
     "download_all_examples": False,
+    # the thumbnail of an example without figures: synthetic radiographs (docs/datasets.md)
+    "default_thumb_file": str(Path(__file__).resolve().parents[1] / "images" / "synthetic_montage.png"),
     "show_memory": False,
 }
