@@ -29,6 +29,7 @@ except ImportError:
     pass
 
 SMALL = ["--backbone", "efficientnet_lite0", "--input-size", "64"]
+DICOMS = "<folder of synthetic DICOMs>"  # replaced by a folder written at build time
 
 #: The gallery's order (the first examples first), the flags of each script, and which files it
 #: writes under ``--out`` are figures for the page. Scripts absent here are not run.
@@ -38,7 +39,7 @@ EXAMPLES = {
     "nih_layout.py": (["--n", "80", "--size", "64", "--folds", "3", *SMALL], []),
     "external_validation.py": (["--n", "60", "--size", "64", "--folds", "3", "--classifiers", "logreg", *SMALL], []),
     "dicom_folder.py": (["--n", "4", "--size", "64", *SMALL], []),
-    "read_dicom_folder.py": (["{dicoms}"], []),
+    "read_dicom_folder.py": ([DICOMS], []),
     "demo.py": (["--quick", "--n-explain", "1", *SMALL],
                 ["report/forest.png", "report/roc_internal_*.png", "report/calibration_internal_*.png",
                  "report/roc_external_*.png", "saliency/*.png"]),
@@ -77,7 +78,7 @@ class ResetArgv:
     def __call__(self, script) -> list[str]:
         name = Path(script.src_py_file).name
         flags, _ = EXAMPLES[name]
-        if flags == ["{dicoms}"]:
+        if flags == [DICOMS]:
             return [str(_dicom_folder())]
         return [*flags, "--out", str(_out(script))]
 

@@ -29,8 +29,9 @@ HELP_WIDTH = 88  # characters: fits the content column on a 1366 px screen
 
 def on_config(config, **kwargs):
     root = str(Path(config.config_file_path).resolve().parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    if root in sys.path:
+        sys.path.remove(root)
+    sys.path.insert(0, root)
     _check_reference(Path(config.docs_dir) / "api")
     return config
 
