@@ -1,6 +1,10 @@
-"""External validation: fit on one manifest, score on another, beside internal grouped CV.
+"""External validation
+===================
 
-Usage::
+Fit on one manifest, score on another, beside internal grouped CV
+([`external_validation`][cxr_embed.external_validation]).
+
+Usage:
 
     python examples/external_validation.py                       # synthetic site A -> site B
     python examples/external_validation.py --train /work/shared/data/nih_cxr14_pneumonia \
@@ -35,7 +39,7 @@ def _synthetic(out: Path, n: int, size: int) -> tuple[Path, Path]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", type=Path, default=None, help="training manifest (default: synthetic site A)")
     p.add_argument("--external", type=Path, default=None, help="external manifest (default: synthetic site B)")
     p.add_argument("--label", default="opacity", help="label column in both (default opacity)")
@@ -85,4 +89,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status:  # no SystemExit on success: the docs gallery runs this script inside the build
+        sys.exit(status)

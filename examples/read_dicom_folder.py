@@ -1,6 +1,9 @@
-"""Read every image of a folder the way cxr_embed's models will see it, and print what came out.
+"""Reading a folder as the models see it
+=====================================
 
-Usage::
+Read every image of a folder the way cxr_embed's models will see it, and print what came out.
+
+Usage:
 
     CXR_EMBED_SALT=my-project-salt \
     python examples/read_dicom_folder.py FOLDER [--limit N] [--voi auto|lut|...] [--frame K]
@@ -30,7 +33,7 @@ def _files(folder: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="folder with DICOM / PNG / JPEG / TIFF files")
     parser.add_argument("--limit", type=int, default=None, help="read at most N files")
     parser.add_argument("--voi", default="auto", choices=["auto", "lut", "window", "minmax", "none"])
@@ -63,4 +66,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status:  # no SystemExit on success: the docs gallery runs this script inside the build
+        sys.exit(status)

@@ -1,12 +1,15 @@
-"""Every classifier on efficientnet_lite0 embeddings of real radiographs: internal vs external AUC.
+"""Every classifier on real radiographs
+====================================
 
-Usage::
+Every classifier on efficientnet_lite0 embeddings of real radiographs: internal vs external AUC.
+
+Usage:
 
     python examples/real_data_classifiers.py [--data /work/shared/data] [--out real_data_output]
 
 Training set: ``nih_cxr14_pneumonia`` (NIH ChestX-ray14, adults, 717 images of 478 patients,
 label ``pneumonia``); external test set: ``kermany_pediatric`` (Guangzhou, children, 1,525 images).
-For each classifier of :func:`cxr_embed.make_classifier` it reports the patient-grouped 5-fold
+For each classifier of [`make_classifier`][cxr_embed.make_classifier] it reports the patient-grouped 5-fold
 out-of-fold AUC on NIH with a 95 % patient-bootstrap CI and the AUC on Kermany of the model
 refitted on all of NIH (never tuned on Kermany). Embeddings are cached in ``<out>/embeddings.h5``
 and shared with ``real_data_comparison.py``. Skips with a message when the data is absent.
@@ -31,7 +34,7 @@ def default_data_root() -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=default_data_root(), help="folder holding the shared datasets")
     p.add_argument("--out", type=Path, default=Path("real_data_output"), help="output folder")
     p.add_argument("--label", default="pneumonia")
@@ -89,4 +92,6 @@ def _ci(row) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status:  # no SystemExit on success: the docs gallery runs this script inside the build
+        sys.exit(status)

@@ -29,6 +29,7 @@ def test_quickstart(tmp_path):
     out = _run("quickstart.py", "--n", "24", "--size", "64", "--out", str(tmp_path), *TINY)
     assert "macro AUC" in out
     assert (tmp_path / "embeddings.h5").is_file()
+    assert (tmp_path / "roc.png").is_file()  # the figure of the docs gallery's first page
 
 
 def test_chexpert_layout_compares_policies(tmp_path):

@@ -122,8 +122,8 @@ class Backbone(ComputeMixin):
         Arithmetic of :meth:`embed`: ``"auto"`` is mixed float16 when a GPU is visible (tensor
         cores run 16-bit convolutions faster than float32), float32 otherwise. Mixed policies
         keep float32 weights and compute convolutions in 16 bits (measured on CPU for
-        EfficientNet-Lite0: within 3e-3 of float32 relative to the largest value, cosine
-        > 0.9999). Like the GPU's TF32 and XLA, this is
+        EfficientNet-Lite0: within 3e-3 of float32 relative to the largest value, cosine above
+        0.9999). Like the GPU's TF32 and XLA, this is
         how the function is computed, not which function: it is not part of the
         :attr:`fingerprint`, and :attr:`compute` records it in the store.
     distribute : "auto", "none", None or tf.distribute.Strategy

@@ -209,7 +209,7 @@ class ComputeMixin:
         Parameters
         ----------
         batch : ndarray of shape (n, h, w, 3)
-            Float images in [0, 255] (from :meth:`prepare`), ``(h, w) == input_size``.
+            Float images in [0, 255] (from :meth:`Backbone.prepare`), ``(h, w) == input_size``.
         batch_size : int
             Images per forward pass (bounds memory). With several replicas each pass is
             zero-padded to a multiple of :attr:`replicas` rows (the padding is dropped).
