@@ -107,10 +107,10 @@ class Backbone(ComputeMixin):
         Downscaling filter of :meth:`prepare` (part of the fingerprint). ``"bilinear"`` gives the
         fingerprints (and so the stores) of cxr_embed 0.1 (and 0.2 before issue 11).
     decode : {"full", "reduced"}
-        Resolution at which :func:`cxr_embed.extract` decodes JPEG 2000 / JPEG data (part of the
-        fingerprint): ``"reduced"`` decodes at the smallest resolution level / DCT scale that
-        still covers the input size (JPEG 2000 3-4x faster; cosine similarity of the embeddings
-        to full decoding > 0.99, see docs/extraction.md).
+        Resolution at which :func:`cxr_embed.extract` decodes JPEG 2000 / JPEG data, in DICOM or
+        plain files (part of the fingerprint): ``"reduced"`` decodes at the smallest resolution
+        level / DCT scale that still covers twice the input size (JPEG 2000 3-4x faster; cosine
+        similarity of the embeddings to full decoding > 0.99, see docs/extraction.md).
     cache_dir : str or Path, optional
         Where converted EfficientNet-Lite weights are cached (default ``$CXR_EMBED_CACHE``
         or ``~/.cache/cxr_embed``).

@@ -6,15 +6,17 @@ can be decoded at 1/2, 1/4 or 1/8 scale in the inverse DCT (Pillow's ``draft``, 
 Both skip most of the work, but the pixels differ slightly from decoding in full and then
 resizing, so ``decode="reduced"`` is part of the preprocessing configuration (and fingerprint).
 
-Only headers are parsed here (JPEG 2000 SIZ and COD marker segments, to choose the level); all
-decoding is Pillow's. Every helper returns ``None`` when it cannot help (a signed or colour
-codestream, a JP2 wrapper, too few levels, an unexpected mode), and the caller then decodes in
-full, with all its checks: a reduced decode is an optimisation, never a different error path.
+Only headers are parsed here (JPEG 2000 SIZ, COD and COC marker segments, to choose the level, and
+the top-level boxes of a JP2/JPX file, to find its codestream); all decoding is Pillow's. Every
+helper returns ``None`` (or level 0) when it cannot help (a signed or colour codestream, too few
+levels, an unexpected mode, a header it cannot read), and the caller then decodes in full, with all
+its checks: a reduced decode is an optimisation, never a different error path.
 """
 from __future__ import annotations
 
 import io
 import logging
+import os
 import struct
 
 import numpy as np
@@ -26,20 +28,27 @@ logger = logging.getLogger(__name__)
 #: DICOM transfer syntaxes whose single-frame grayscale pixel data Pillow can decode reduced.
 J2K_SYNTAXES = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
 JPEG_BASELINE_SYNTAXES = ("1.2.840.10008.1.2.4.50",)
+#: Start of a raw JPEG 2000 codestream (SOC, then SIZ) and the JP2 signature box (JP2 and JPX files).
+J2K_START = b"\xff\x4f\xff\x51"
+JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \x0d\x0a\x87\x0a"
+_MAIN_HEADER_BYTES = 65536  # the main header markers are read up to here (SIZ, COD, COC: a few dozen bytes)
+_MAX_BOXES = 64  # top-level boxes walked before a JP2 file's codestream box is given up on
 
 
 def j2k_header(stream: bytes) -> dict | None:
     """``rows``, ``columns``, ``components``, ``precision``, ``signed``, ``levels`` of a raw J2K codestream.
 
-    ``None`` when ``stream`` is not a raw codestream (SOC, SIZ) or its COD segment is not found
-    before the first tile (a JP2 file wrapper is not parsed).
+    ``levels`` is the number of wavelet decompositions of the main header's COD segment, or the
+    smallest of it and those of its COC segments (a component's own coding style). ``None`` when
+    ``stream`` is not a raw codestream (SOC, SIZ) or no COD segment is found before the first tile.
+    A JP2 file wrapper is not parsed here (:func:`jpeg2000_file_header` finds its codestream).
 
     Examples
     --------
     >>> j2k_header(b"not a codestream") is None
     True
     """
-    if len(stream) < 46 or stream[:4] != b"\xff\x4f\xff\x51":
+    if len(stream) < 46 or stream[:4] != J2K_START:
         return None
     try:
         lsiz = struct.unpack(">H", stream[4:6])[0]
@@ -48,17 +57,69 @@ def j2k_header(stream: bytes) -> dict | None:
         ssiz = stream[42]
         info = {"rows": ysiz - yo, "columns": xsiz - xo, "components": csiz,
                 "precision": (ssiz & 0x7F) + 1, "signed": bool(ssiz & 0x80), "levels": None}
+        cod, coc = [], []
         pos = 4 + lsiz
-        while pos + 4 <= len(stream) and pos < 65536:  # main header markers up to the first tile (SOT)
+        while pos + 4 <= len(stream) and pos < _MAIN_HEADER_BYTES:  # main header markers up to the first tile
             marker, length = struct.unpack(">HH", stream[pos : pos + 4])
-            if marker == 0xFF90:
+            if marker == 0xFF90 or length < 2:  # SOT (or a damaged segment: stop)
                 break
             if marker == 0xFF52:  # COD: Scod, SGcod (4 bytes), then SPcod's decomposition levels
-                info["levels"] = stream[pos + 9]
-                return info
+                cod.append(stream[pos + 9])
+            elif marker == 0xFF53:  # COC: Ccoc (1 or 2 bytes), Scoc, then SPcoc's levels
+                coc.append(stream[pos + (6 if csiz < 257 else 7)])
             pos += 2 + length
     except (struct.error, IndexError):
         return None
+    if not cod:
+        return None
+    info["levels"] = min(cod + coc)
+    return info
+
+
+def jpeg2000_file_header(path: str | os.PathLike) -> dict | None:
+    """:func:`j2k_header` of a plain JPEG 2000 file, its codestream found without decoding anything.
+
+    A raw codestream (``.j2k``, ``.j2c``) starts with it; a JP2 / JPX file (``.jp2``, ``.jpx``)
+    holds it in its first contiguous-codestream box (``jp2c``), found by walking the top-level boxes
+    (length, type; a length of 1 announces a 64-bit length, 0 a box up to the end of the file).
+    ``None`` for anything else: no JPEG 2000 signature, no ``jp2c`` box among the first
+    :data:`_MAX_BOXES` (e.g. a JPX codestream split into fragments), an unreadable header.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> tmp = os.path.join(tempfile.mkdtemp(), "x.jp2")
+    >>> _ = open(tmp, "wb").write(JP2_SIGNATURE + b"\\0\\0\\0\\x08free")
+    >>> jpeg2000_file_header(tmp) is None
+    True
+    """
+    with open(path, "rb") as f:
+        head = f.read(_MAIN_HEADER_BYTES)
+        if head[:4] == J2K_START:
+            return j2k_header(head)
+        if head[:12] != JP2_SIGNATURE:
+            return None
+        size = os.fstat(f.fileno()).st_size
+        pos = 0
+        for _ in range(_MAX_BOXES):
+            f.seek(pos)
+            box = f.read(16)
+            if len(box) < 8:
+                return None
+            length, kind = struct.unpack(">I4s", box[:8])
+            start = pos + 8
+            if length == 1:  # XLBox: a 64-bit length follows the type
+                if len(box) < 16:
+                    return None
+                length, start = struct.unpack(">Q", box[8:16])[0], pos + 16
+            elif length == 0:  # the last box: up to the end of the file
+                length = size - pos
+            if kind == b"jp2c":
+                f.seek(start)
+                return j2k_header(f.read(_MAIN_HEADER_BYTES))
+            if length < start - pos or pos + length >= size:
+                return None
+            pos += length
     return None
 
 
@@ -94,6 +155,30 @@ def _pillow_size_agrees(shape: tuple[int, int], r: int) -> bool:
     return all((n + power // 2) // power == -(-n // power) for n in shape)
 
 
+def pillow_j2k_level(info: dict | None, needed: tuple[int, int], *, precision: int | None = None) -> int:
+    """Resolution level Pillow should skip to for a codestream described by ``info`` (0: decode in full).
+
+    The largest level whose image still covers ``needed`` (rows, cols) on both axes, among the
+    levels Pillow decodes (:func:`_pillow_size_agrees`); 0 for a missing header, a colour, signed or
+    more-than-16-bit codestream, or a precision other than ``precision`` (when given).
+
+    Examples
+    --------
+    >>> info = {"rows": 1760, "columns": 1760, "components": 1, "precision": 10, "signed": False, "levels": 5}
+    >>> pillow_j2k_level(info, (440, 440)), pillow_j2k_level(info, (441, 441)), pillow_j2k_level(None, (1, 1))
+    (2, 1, 0)
+    """
+    if info is None or info["components"] != 1 or info["signed"] or info["precision"] > 16:
+        return 0
+    if precision is not None and info["precision"] != precision:
+        return 0
+    shape = (info["rows"], info["columns"])
+    r = reduce_level(shape, needed, int(info["levels"] or 0))
+    while r > 0 and not _pillow_size_agrees(shape, r):
+        r -= 1
+    return r
+
+
 def decode_pillow_reduced(data: bytes, needed: tuple[int, int], *, precision: int | None = None):
     """Decode a JPEG 2000 codestream or a JPEG at the smallest scale covering ``needed`` (rows, cols).
 
@@ -114,16 +199,9 @@ def decode_pillow_reduced(data: bytes, needed: tuple[int, int], *, precision: in
     """
     from PIL import Image
 
-    if data[:4] == b"\xff\x4f\xff\x51":
+    if data[:4] == J2K_START:
         info = j2k_header(data)
-        if info is None or info["components"] != 1 or info["signed"] or info["precision"] > 16:
-            return None
-        if precision is not None and info["precision"] != precision:
-            return None
-        shape = (info["rows"], info["columns"])
-        r = reduce_level(shape, needed, int(info["levels"] or 0))
-        while r > 0 and not _pillow_size_agrees(shape, r):
-            r -= 1
+        r = pillow_j2k_level(info, needed, precision=precision)
         if r == 0:
             return None
         with Image.open(io.BytesIO(data)) as im:

@@ -37,8 +37,10 @@ import pandas as pd
 from ..exceptions import ManifestError
 
 # file suffixes taken for images when listing folders, and stripped from derived ids
+#: JPEG 2000 as Pillow names it: raw codestreams (.j2k, .j2c, .jpc) and JP2/JPX files (.jp2, .jpx, .jpf)
+JPEG2000_SUFFIXES = frozenset({".jp2", ".j2k", ".j2c", ".jpc", ".jpx", ".jpf"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif",
-                            ".dcm", ".dicom", ".dic", ".nii", ".nii.gz"})
+                            ".dcm", ".dicom", ".dic", ".nii", ".nii.gz"}) | JPEG2000_SUFFIXES
 RASTER_SUFFIXES = IMAGE_SUFFIXES - {".dcm", ".dicom", ".dic"}
 # table files recognised inside folders
 TABLE_SUFFIXES = (".csv", ".csv.gz", ".zip")

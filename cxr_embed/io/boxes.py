@@ -36,7 +36,8 @@ _NIH_SIZE = 1024  # NIH ChestX-ray14's PNGs (and so its BBox_List_2017.csv) are 
 _ID_COLUMNS = ("image_id", "id", "image", "image_index", "filename", "file", "path")
 _FINDING_COLUMNS = ("finding", "finding_label", "label", "class", "class_name")
 _CORNERS = (("x_min", "y_min", "x_max", "y_max"), ("xmin", "ymin", "xmax", "ymax"), ("x1", "y1", "x2", "y2"))
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom",
+                   ".jp2", ".j2k", ".j2c", ".jpc", ".jpx", ".jpf")
 _MAX_BYTES = 256 * 2**20  # a box table larger than this is not a box table
 
 

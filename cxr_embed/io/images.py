@@ -253,9 +253,12 @@ def _open_pillow(path: Path, frame, max_pixels, *, needed=None):
 
     ``needed``: a callable ``(rows, cols) -> (rows, cols)`` giving the smallest size the caller
     needs for the stored size; a grayscale JPEG is then decoded at the largest DCT scale that still
-    covers it (Pillow's ``draft``). Returns ``(image, info)`` with ``format``, ``mode``, ``n_frames``,
-    ``transposed``, ``int_bits``, ``shape`` (rows, cols of the full-resolution image after EXIF
-    orientation) and ``reduction`` (1.0 when decoded in full). Call inside :func:`_pillow_errors`.
+    covers it (Pillow's ``draft``), a grayscale JPEG 2000 file (raw codestream, JP2, JPX) at the
+    smallest resolution level that still covers it (Pillow's ``reduce``; when that decode fails,
+    the file is decoded again in full, whose errors decide). Returns ``(image, info)`` with
+    ``format``, ``mode``, ``n_frames``, ``transposed``, ``int_bits``, ``shape`` (rows, cols of the
+    full-resolution image after EXIF orientation) and ``reduction`` (1.0 when decoded in full).
+    Call inside :func:`_pillow_errors`.
     """
     from PIL import Image, ImageOps
 
@@ -278,6 +281,10 @@ def _open_pillow(path: Path, frame, max_pixels, *, needed=None):
             # the orientation may swap the axes: ask for the larger need on both
             m = max(max(needed((height, width))), max(needed((width, height))))
             img.draft("L", (m, m))
+        elif needed is not None and fmt == "jpeg2000" and mode in ("L", "I;16") and n_frames == 1:
+            level = _jpeg2000_level(path, (height, width), needed)
+            if level and not _load_reduced(img, level, path):
+                return _open_pillow(path, frame, max_pixels)
         img.load()
         transposed = _has_orientation(img)  # after load: reading EXIF first hides a PNG's bad CRC
         reduction = width / img.size[0]
@@ -287,6 +294,39 @@ def _open_pillow(path: Path, frame, max_pixels, *, needed=None):
         shape = (width, height) if swapped else (height, width)
     return rotated, {"format": fmt, "mode": mode, "n_frames": n_frames, "transposed": transposed,
                      "int_bits": int_bits, "shape": shape, "reduction": float(reduction)}
+
+
+def _jpeg2000_level(path: Path, shape: tuple[int, int], needed) -> int:
+    """Resolution level to skip to for a plain JPEG 2000 file of ``shape`` (rows, cols); 0: in full.
+
+    The header is read again from the file (:func:`._codecs.jpeg2000_file_header`) for the number of
+    levels Pillow does not expose; any doubt (a header Pillow's size disagrees with, an unreadable
+    box) gives 0. As for JPEG, an orientation that swaps the axes is allowed for.
+    """
+    from . import _codecs
+
+    try:
+        info = _codecs.jpeg2000_file_header(path)
+    except (OSError, ValueError) as e:
+        logger.debug("%s: JPEG 2000 header not read for a reduced decode (%s: %s)", path, type(e).__name__, e)
+        return 0
+    if info is None or (info["rows"], info["columns"]) != tuple(shape):
+        return 0
+    upright, swapped = needed(shape), needed(shape[::-1])
+    return _codecs.pillow_j2k_level(info, (max(upright[0], swapped[1]), max(upright[1], swapped[0])))
+
+
+def _load_reduced(img, level: int, path: Path) -> bool:
+    """Decode ``img`` (Pillow JPEG 2000) skipping ``level`` resolution levels; False when that fails."""
+    img.reduce = level
+    try:
+        img.load()
+    except Exception as e:  # noqa: BLE001 - an optimisation only: the full decode, with its own errors, decides
+        logger.debug("%s: reduced JPEG 2000 decode failed (%s: %s); decoding in full", path, type(e).__name__, e)
+        return False
+    logger.debug("%s: decoded at resolution level %d, %s", path, level, img.size)
+    return True
+
 
 def _has_orientation(img) -> bool:
     try:

@@ -21,8 +21,9 @@ within 0.01 grey levels on the 0..255 scale (16-bit rounding of the integer resi
 and named error of :func:`~cxr_embed.io.images.read_image` applies unchanged. Colour, float and
 more-than-16-bit data take the two-step path.
 
-With ``decode="reduced"``, JPEG 2000 and JPEG data are decoded at the smallest resolution level
-or DCT scale that still covers twice the output size (:data:`REDUCED_MARGIN`, :mod:`._codecs`):
+With ``decode="reduced"``, JPEG 2000 and JPEG data (in DICOM or plain ``.jp2``/``.j2k``/``.jpg``
+files) are decoded at the smallest resolution level or DCT scale that still covers twice the
+output size (:data:`REDUCED_MARGIN`, :mod:`._codecs`):
 several times faster for JPEG 2000, slightly different pixels, so it is part of the preprocessing
 configuration.
 """
@@ -74,9 +75,10 @@ def read_prepared(path: str | os.PathLike, size=(224, 224), *, mode: str = "pad"
     interpolation : {"area", "bilinear"}
         Downscaling filter, as in :func:`~cxr_embed.io.preprocessing.prepare_image`.
     decode : {"full", "reduced"}
-        ``"reduced"``: decode JPEG 2000 (DICOM) and JPEG (DICOM baseline, plain files) at the
-        smallest resolution level / DCT scale that still covers twice the output size; other
-        files are decoded in full either way.
+        ``"reduced"``: decode JPEG 2000 (DICOM; plain ``.j2k``/``.j2c`` codestreams and
+        ``.jp2``/``.jpx`` files) and JPEG (DICOM baseline, plain files) at the smallest
+        resolution level / DCT scale that still covers twice the output size; other files, and
+        whatever the reduced decoder cannot do, are decoded in full.
     voi, window, frame, max_pixels
         As for :func:`~cxr_embed.io.images.read_image`.
 
