@@ -205,9 +205,14 @@ def _expected_failed(estimator):
 @parametrize_with_checks(
     [XGBoostClassifier(n_estimators=3, max_depth=2, n_jobs=1, random_state=0),
      MultiLabelClassifier(LogisticRegression())],
-    expected_failed_checks=_expected_failed,
 )
 def test_sklearn_estimator_checks(estimator, check):
+    # Checks that do not apply by design are skipped with their reason, not run as xfail: pytest
+    # formats an xfail's traceback with ast.parse, which CPython 3.11.7 can crash on
+    # ("AST constructor recursion depth mismatch", an INTERNALERROR that ended a CI run).
+    reason = _expected_failed(estimator).get(getattr(check, "func", check).__name__)
+    if reason:
+        pytest.skip(f"not applicable: {reason}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         check(estimator)
