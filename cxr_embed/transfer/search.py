@@ -197,7 +197,8 @@ class PipelineSearchResult:
         Per pipeline, probabilities on the external images (``external_ids`` order).
     settings : dict
     seconds : dict
-        Wall time of ``extract``, ``cv``, ``stress`` and ``external``.
+        Wall time of ``extract`` (every extraction, stress copies included), ``cv``, ``stress``
+        (its extractions and predictions) and ``external``.
     """
 
     table: pd.DataFrame
@@ -393,6 +394,21 @@ def _nested_cv(configs, clf_names, X_of, y, g, folds, inner_cv, param_spaces, ra
     return oof, fitted, params
 
 
+def _held_out_proba(models, folds, ids_p, X_p, order) -> np.ndarray:
+    """Each outer-fold model's probabilities on the perturbed copies of its own held-out images.
+
+    Mean over repeats; NaN for an image whose perturbed copy could not be embedded.
+    """
+    pos = pd.Index(ids_p).get_indexer(order)
+    sums, counts = np.zeros(len(order)), np.zeros(len(order))
+    for est, (_, test) in zip(models, folds):
+        ok = test[pos[test] >= 0]
+        if ok.size:
+            sums[ok] += _positive(est, X_p[pos[ok]])
+            counts[ok] += 1
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
 # --------------------------------------------------------------------------- public
 def search_pipeline(
     manifest,
@@ -562,16 +578,9 @@ def search_pipeline(
         for cfg in chosen_cfgs:
             for pname, pcfg in zip(stress_names, stress_cfgs):
                 ids_p, X_p = emb.matrix(cfg, df, perturbation=pcfg)
-                pos = pd.Index(ids_p).get_indexer(order)
                 for name in clf_names:
                     key = f"{cfg.label} · {name}"
-                    sums, counts = np.zeros(len(y)), np.zeros(len(y))
-                    for est, (train, test) in zip(fitted[key], folds):
-                        ok = test[pos[test] >= 0]
-                        sums[ok] += _positive(est, X_p[pos[ok]])
-                        counts[ok] += 1
-                    s = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-                    stressed_oof[(key, pname)] = s
+                    stressed_oof[(key, pname)] = _held_out_proba(fitted[key], folds, ids_p, X_p, order)
         for pname in stress_names:
             col = []
             for key in table["pipeline"]:
