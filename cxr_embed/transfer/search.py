@@ -88,6 +88,7 @@ class EmbeddingConfig:
         return text + ("+flip" if self.tta == "flip" else "")
 
     def to_dict(self) -> dict:
+        """JSON-serialisable form (recorded in ``search.json`` and in the saved bundle)."""
         return {"backbone": self.backbone, "sizes": list(self.sizes), "layer": self.layer, "tta": self.tta}
 
 
