@@ -38,6 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="'imagenet' (default for names), 'none' for random weights, or a weights file")
     p.add_argument("--layer", default=None, help="layer to tap (default: the last convolutional activations)")
     p.add_argument("--pooling", default="avg", help="pooling of the tapped layer: avg (default), max, gem")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="CNN input size in pixels (default: the backbone's own, or the model file's)")
+    p.add_argument("--tta", default="none", choices=["none", "flip"],
+                   help="test-time augmentation: flip = mean with the left-right mirror (default none)")
     p.add_argument("--preprocess", default="none",
                    help="for a .keras file: input normalisation mode (none, caffe, torch, tf); default none")
     p.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"],
@@ -65,14 +69,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _backbone(args):
     import cxr_embed
 
+    tta = None if args.tta == "none" else args.tta
     if args.backbone.endswith((".keras", ".h5")) or os.path.isfile(args.backbone):
         return cxr_embed.Backbone.from_keras(args.backbone, layer=args.layer, preprocess=args.preprocess,
-                                             pooling=args.pooling, precision=args.precision)
+                                             pooling=args.pooling, precision=args.precision,
+                                             input_size=args.input_size, tta=tta)
     weights: Any = "imagenet" if args.weights is None else args.weights
     if isinstance(weights, str) and weights.lower() == "none":
         weights = None
     return cxr_embed.Backbone(args.backbone, weights=weights, layer=args.layer, pooling=args.pooling,
-                              precision=args.precision)
+                              precision=args.precision, input_size=args.input_size, tta=tta)
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:

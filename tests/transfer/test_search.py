@@ -241,3 +241,18 @@ def test_cli_search_writes_table_json_and_a_loadable_bundle(data, tmp_path, caps
     assert meta["best"]["classifier"] == "logreg" and meta["settings"]["stress"] == [{"name": "gamma", "gamma": 1.6}]
     assert cxr_embed.load_model(meta["best"]["bundle"]).extra["search"]["classifier"] == "logreg"
     assert root.exists()
+
+
+def test_cli_extract_takes_the_searched_input_size_and_tta(data, tmp_path, capsys):
+    """The winner of a search can be extracted from the command line (--input-size, --tta)."""
+    from cxr_embed.cli import main
+
+    csv = tmp_path / "m.csv"
+    data["internal"].head(4).to_csv(csv, index=False)
+    rc = main(["extract", "--manifest", str(csv), "--backbone", "efficientnet_lite0", "--input-size", "64",
+               "--tta", "flip", "--store", str(tmp_path / "e.h5"), "--workers", "0", "--no-progress"])
+    assert rc == 0, capsys.readouterr()
+    want = cxr_embed.Backbone("efficientnet_lite0", input_size=64, tta="flip")
+    info = cxr_embed.EmbeddingStore(tmp_path / "e.h5").info()["backbones"]
+    assert list(info) == [want.fingerprint] and info[want.fingerprint]["config"]["tta"] == "flip"
+    assert info[want.fingerprint]["config"]["input_size"] == [64, 64]
