@@ -118,6 +118,21 @@ class SearchedPipeline:
     _backbone_kwargs: dict = field(default_factory=dict, repr=False)
     _backbones: dict = field(default_factory=dict, repr=False)
 
+    def __getstate__(self) -> dict:
+        # the cached Backbone objects hold compiled TensorFlow functions, which do not pickle; a
+        # loaded pipeline rebuilds them from their names (same weights for registered backbones)
+        return {**self.__dict__, "_backbones": {}, "_rebuild": True}
+
+    def _check_rebuildable(self) -> None:
+        if self.__dict__.get("_rebuild") and self._backbone_kwargs.get("weights", "imagenet") is None:
+            from ..exceptions import BackboneError
+
+            raise BackboneError(
+                f"this searched pipeline ({self.embedding.label}) was made with random backbone weights "
+                "(weights=None), which cannot be rebuilt after pickling: its classifier would see another "
+                "network's embeddings; fix: use the pipeline in the process that searched, or search with "
+                "'imagenet' or file weights")
+
     def backbone(self, size: int | None = None):
         """The :class:`~cxr_embed.Backbone` of one input size of this pipeline, with its ``tta``.
 
@@ -141,6 +156,7 @@ class SearchedPipeline:
             The images that could be embedded (failures are logged by :func:`cxr_embed.extract`).
         X : ndarray of shape (n_ok, dim)
         """
+        self._check_rebuildable()
         cache = _Embeddings(store, self._backbone_kwargs, extract_kwargs, backbones=self._backbones)
         df = _load(manifest, "manifest")
         return cache.matrix(self.embedding, df)

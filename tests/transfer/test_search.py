@@ -198,6 +198,16 @@ def test_rank_clean_ignores_stress(data, tmp_path):
     assert res.table["auc"].is_monotonic_decreasing and (res.table["score"] == res.table["auc"]).all()
 
 
+def test_result_pickles_and_the_loaded_pipeline_predicts(spied, data, tmp_path):
+    import pickle
+
+    res = pickle.loads(pickle.dumps(spied["res"]))
+    assert res.table.equals(spied["res"].table) and res.best._backbones == {}
+    # random weights (weights=None) cannot be rebuilt: refused, never silently another network
+    with pytest.raises(cxr_embed.BackboneError, match="random backbone weights"):
+        res.best.predict_proba(data["external"], tmp_path / "a.h5", workers=0)
+
+
 def test_best_pipeline_predicts_and_saves(spied, data, tmp_path):
     best = spied["res"].best
     keras.utils.set_random_seed(0)
