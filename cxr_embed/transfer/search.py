@@ -33,7 +33,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from .._utils import sha256_text, stable_json
-from ..exceptions import ManifestError
+from ..exceptions import LeakageError, ManifestError
 from ..io.perturbations import perturbation_config
 
 __all__ = ["EmbeddingConfig", "PipelineSearchResult", "SearchedPipeline", "search_pipeline", "SEARCH_SPACES"]
@@ -521,6 +521,8 @@ def search_pipeline(
     ------
     ManifestError
         Missing columns, a label without both classes.
+    LeakageError
+        A patient in both the internal and the external manifest.
     ValueError
         Unknown classifier, perturbation, rank rule or TTA option.
 
@@ -547,6 +549,15 @@ def search_pipeline(
     df = _binary_target(_load(manifest, "manifest"), label, "manifest")
     if groups not in df.columns:
         raise ManifestError(f"manifest has no patient column {groups!r}; patient-grouped CV needs one")
+    edf = None
+    if external is not None:  # checked before anything is computed
+        edf = _binary_target(_load(external, "external manifest"), label, "external manifest")
+        if groups in edf.columns:
+            shared = set(edf[groups].astype(str)) & set(df[groups].astype(str))
+            if shared:
+                raise LeakageError(
+                    f"{len(shared)} patient(s) are in both the internal and the external manifest (e.g. "
+                    f"{sorted(shared)[:3]}); an external set must be other patients; fix: drop them from one side")
     settings = {"label": label, "cv": cv, "inner_cv": inner_cv, "n_repeats": n_repeats, "rank": rank,
                 "stress": stress_cfgs, "stress_top": stress_top, "random_state": random_state,
                 "classifiers": clf_names, "configs": [c.to_dict() for c in configs],
@@ -638,9 +649,8 @@ def search_pipeline(
 
     refits[best_key] = refit(best_cfg, best_name)
     external_proba, ext_ids, ext_y = {}, None, None
-    if external is not None:
+    if edf is not None:
         t0 = time.perf_counter()
-        edf = _binary_target(_load(external, "external manifest"), label, "external manifest")
         if external_store is None:
             base = Path(emb.store.path)
             external_store = base.with_name(base.stem + ".external" + base.suffix)

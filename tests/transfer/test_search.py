@@ -182,20 +182,15 @@ def test_flip_tta_is_the_mean_of_the_plain_and_mirrored_views(spied, data):
     assert len(res.oof) == 4
 
 
-def test_stress_top_limits_the_stressed_configurations(data, tmp_path):
+def test_stress_top_limits_the_stress_tests_and_rank_clean_ignores_them(data, tmp_path):
     keras.utils.set_random_seed(0)
     res = search_mod.search_pipeline(data["internal"], "opacity", store=tmp_path / "s.h5",
-                                     **{**KW, "stress_top": 1, "classifiers": ["logreg"]})
-    assert res.table["stressed"].tolist() == [True, False]
-    assert np.isnan(res.table.loc[1, "worst_shift"])
-
-
-def test_rank_clean_ignores_stress(data, tmp_path):
-    keras.utils.set_random_seed(0)
-    res = search_mod.search_pipeline(data["internal"], "opacity", store=tmp_path / "s.h5",
-                                     **{**KW, "rank": "clean", "classifiers": ["logreg"], "tta": [None],
-                                        "input_sizes": [32, 40], "stress": ["jpeg"]})
-    assert res.table["auc"].is_monotonic_decreasing and (res.table["score"] == res.table["auc"]).all()
+                                     **{**KW, "rank": "clean", "stress_top": 1, "classifiers": ["logreg"],
+                                        "tta": [None], "input_sizes": [32, 40], "stress": ["jpeg"]})
+    t = res.table
+    assert t["auc"].is_monotonic_decreasing and (t["score"] == t["auc"]).all()
+    assert t["stressed"].tolist() == [True, False] and np.isnan(t.loc[1, "worst_shift"])
+    assert not np.isnan(t.loc[0, "auc_jpeg"])
 
 
 def test_result_pickles_and_the_loaded_pipeline_predicts(spied, data, tmp_path):
@@ -225,6 +220,11 @@ def test_bad_arguments_are_named(data, tmp_path):
         search_mod.search_pipeline(data["internal"], "opacity", store=tmp_path / "s.h5", **{**KW, "rank": "best"})
     with pytest.raises(ValueError, match="unknown perturbation"):
         search_mod.search_pipeline(data["internal"], "opacity", store=tmp_path / "s.h5", **{**KW, "stress": ["blur"]})
+    from cxr_embed.exceptions import LeakageError
+
+    with pytest.raises(LeakageError, match="both the internal and the external"):
+        search_mod.search_pipeline(data["internal"], "opacity", store=tmp_path / "s.h5", external=data["internal"],
+                                   **{**KW, "classifiers": ["logreg"], "tta": [None], "stress": None})
     with pytest.raises(ValueError, match="tta options"):
         search_mod.search_pipeline(data["internal"], "opacity", store=tmp_path / "s.h5", **{**KW, "tta": ["rot"]})
 
