@@ -15,7 +15,9 @@ __all__ = ["register"]
 
 
 def _list(text: str | None) -> list[str]:
-    return [t.strip() for t in (text or "").split(",") if t.strip()]
+    from cxr_embed.cli._compare import _csv_list
+
+    return _csv_list(text) or []
 
 
 def _opt(t: str):

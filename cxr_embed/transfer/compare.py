@@ -324,7 +324,8 @@ def _safe(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- helpers
-def _load(manifest, what: str) -> pd.DataFrame:
+def _load(manifest, what: str, required=("image_id", "path", "patient_id")) -> pd.DataFrame:
+    """The manifest as a DataFrame with the ``required`` columns and unique ``image_id`` (also used by search)."""
     from ..io.manifest import load_manifest
 
     if isinstance(manifest, pd.DataFrame):
@@ -333,7 +334,7 @@ def _load(manifest, what: str) -> pd.DataFrame:
         df = load_manifest(manifest)
     else:
         raise TypeError(f"{what} must be a DataFrame from cxr_embed.load_manifest or a path, got {type(manifest).__name__}")
-    missing = [c for c in ("image_id", "path", "patient_id") if c not in df.columns]
+    missing = [c for c in required if c not in df.columns]
     if missing:
         raise ManifestError(f"{what} manifest lacks columns {missing}; fix: load it with cxr_embed.load_manifest")
     if df["image_id"].duplicated().any():

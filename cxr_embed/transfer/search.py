@@ -35,6 +35,7 @@ from threadpoolctl import threadpool_limits
 from .._utils import sha256_text, stable_json
 from ..exceptions import LeakageError, ManifestError
 from ..io.perturbations import perturbation_config
+from ..learn.persistence import _jsonable
 
 __all__ = ["EmbeddingConfig", "PipelineSearchResult", "SearchedPipeline", "search_pipeline", "SEARCH_SPACES"]
 
@@ -158,7 +159,7 @@ class SearchedPipeline:
         """
         self._check_rebuildable()
         cache = _Embeddings(store, self._backbone_kwargs, extract_kwargs, backbones=self._backbones)
-        df = _load(manifest, "manifest")
+        df = _load(manifest, "new")
         return cache.matrix(self.embedding, df)
 
     def predict_proba(self, manifest, store, **extract_kwargs) -> pd.DataFrame:
@@ -244,20 +245,22 @@ class PipelineSearchResult:
 
 # --------------------------------------------------------------------------- helpers
 def _load(manifest, what: str) -> pd.DataFrame:
-    from ..io.manifest import load_manifest
+    from .compare import _load as load_checked
 
-    if isinstance(manifest, pd.DataFrame):
-        df = manifest
-    elif isinstance(manifest, (str, os.PathLike)):
-        df = load_manifest(manifest)
-    else:
-        raise TypeError(f"{what} must be a DataFrame from cxr_embed.load_manifest or a path, got {type(manifest).__name__}")
-    missing = [c for c in ("image_id", "path") if c not in df.columns]
-    if missing:
-        raise ManifestError(f"{what} lacks columns {missing}; fix: load it with cxr_embed.load_manifest")
-    if df["image_id"].duplicated().any():
-        raise ManifestError(f"{what} has duplicate image_id values; each image needs a unique id")
-    return df.reset_index(drop=True)
+    return load_checked(manifest, what, required=("image_id", "path"))
+
+
+def _positive(est, X: np.ndarray) -> np.ndarray:
+    from ..learn.validation import _positive_scores
+
+    return _positive_scores(est, X, 1)[:, 0]
+
+
+def _auc_ci(y, s, groups, n_bootstrap, seed) -> tuple[float, float, float]:
+    """AUC and patient-bootstrap CI on the rows with a score (NaN when a class is missing)."""
+    from ..learn.validation import _auc_ci as auc_ci
+
+    return auc_ci(np.asarray(y, float), np.asarray(s, float), groups, n_bootstrap=n_bootstrap, random_state=seed)
 
 
 def _binary_target(df: pd.DataFrame, label: str, what: str) -> pd.DataFrame:
@@ -272,22 +275,6 @@ def _binary_target(df: pd.DataFrame, label: str, what: str) -> pd.DataFrame:
     if out["_y"].nunique() < 2:
         raise ManifestError(f"{what}: {label!r} needs both classes among its certain rows; found {out['_y'].unique()}")
     return out
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    return obj if isinstance(obj, (str, int, float, bool, type(None))) else repr(obj)
-
-
-def _positive(est, X: np.ndarray) -> np.ndarray:
-    proba = np.asarray(est.predict_proba(X), dtype=float)
-    classes = list(getattr(est, "classes_", [0, 1]))
-    return proba[:, classes.index(1)] if 1 in classes else np.zeros(len(X))
 
 
 class _Embeddings:
@@ -379,12 +366,6 @@ def _make(name: str, inner_cv: int, param_spaces, random_state, n_jobs):
     est = make_classifier(key, search="grid", cv=inner_cv, param_space=_space(name, param_spaces),
                           random_state=random_state, n_jobs=1, **_CLASSIFIER_PARAMS.get(key, {}))
     return est.set_params(n_jobs=n_jobs)
-
-
-def _auc_ci(y, s, groups, n_bootstrap, seed):
-    from ..evaluate.metrics import roc_auc_ci
-
-    return tuple(roc_auc_ci(y, s, groups=groups, n_bootstrap=n_bootstrap, random_state=seed))
 
 
 def _nested_cv(configs, clf_names, X_of, y, g, folds, inner_cv, param_spaces, random_state, n_jobs):
@@ -546,12 +527,12 @@ def search_pipeline(
     stress_names = [c["name"] if sum(d["name"] == c["name"] for d in stress_cfgs) == 1
                     else sha256_text(stable_json(c))[:8] for c in stress_cfgs]
     configs = _configs(backbones, input_sizes, layers, tta, multiscale)
-    df = _binary_target(_load(manifest, "manifest"), label, "manifest")
+    df = _binary_target(_load(manifest, "internal"), label, "manifest")
     if groups not in df.columns:
         raise ManifestError(f"manifest has no patient column {groups!r}; patient-grouped CV needs one")
     edf = None
     if external is not None:  # checked before anything is computed
-        edf = _binary_target(_load(external, "external manifest"), label, "external manifest")
+        edf = _binary_target(_load(external, "external"), label, "external manifest")
         if groups in edf.columns:
             shared = set(edf[groups].astype(str)) & set(df[groups].astype(str))
             if shared:
@@ -613,9 +594,7 @@ def search_pipeline(
             col = []
             for key in table["pipeline"]:
                 s = stressed_oof.get((key, pname))
-                keep = None if s is None else ~np.isnan(s)
-                col.append(np.nan if s is None or keep.sum() < 2 or len(set(y[keep])) < 2
-                           else _auc_ci(y[keep], s[keep], g[keep], 0, random_state)[0])
+                col.append(np.nan if s is None else _auc_ci(y, s, g, 0, random_state)[0])
             table[f"auc_{pname}"] = col
         stress_cols = [f"auc_{p}" for p in stress_names]
         table["worst_shift"] = table[stress_cols].min(axis=1, skipna=False)
