@@ -121,6 +121,6 @@ def _cmd_search(args: argparse.Namespace) -> int:
     }, indent=1, default=str))
     print(f"{res.settings['n_images']} images, {len(res.table)} pipelines; best: {res.table.loc[0, 'pipeline']}")
     print(res.summary())
-    print(f"wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res.seconds.items()))
+    print("wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res.seconds.items()))
     print(f"table: {out / 'search.csv'}; chosen pipeline refitted on all images: {bundle}")
     return 0

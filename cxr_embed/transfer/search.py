@@ -21,7 +21,6 @@ the whole internal set: it never reaches a fit, a search or the ranking.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from itertools import product
