@@ -198,6 +198,7 @@ _DIST_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # 11 s: three logical CPU devices in a subprocess
 def test_mirrored_strategy_over_three_devices(tmp_path):
     script = tmp_path / "dist.py"
     script.write_text(_DIST_SCRIPT)

@@ -357,6 +357,7 @@ def test_cli_extract_then_store_info(model_path, pngs, tmp_path, capsys):
     assert "absent.h5" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 14 s: a user script in a subprocess
 def test_script_without_main_guard_falls_back_to_threads(model_path, pngs, tmp_path):
     """Spawned workers re-run an unguarded script; extraction must warn and finish in threads."""
     script = tmp_path / "unguarded.py"

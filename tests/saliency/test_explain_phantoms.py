@@ -227,6 +227,7 @@ def test_random_maps_score_near_chance_on_the_same_metric(lesion):
     assert rate < MIN_HIT_RATE / 4  # far below every explained model
 
 
+@pytest.mark.slow  # 18 s: trains a CNN from scratch
 def test_a_marker_shortcut_is_exposed_by_energy_in_mask(lesion):
     # the realistic shortcut: a subtle finding (the generator's own, faint opacity) and a "PORT" marker
     # burned into 85 % of the positive and 15 % of the negative training images. The strided CNN (dense=False):
