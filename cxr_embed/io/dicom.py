@@ -519,7 +519,13 @@ def _decode_pixels(ds, path: Path, st: os.stat_result, *, frame, salt, max_pixel
     if reduced_to is not None and n_frames == 1 and keyword == "PixelData" and not signed and pi.startswith("MONO"):
         arr, reduction = _decode_reduced(ds, path, meta, reduced_to((geometry["Rows"], geometry["Columns"])))
     try:
-        if arr is None:
+        if arr is None and _masks_itself(ds, meta, keyword, signed):
+            # uncompressed little-endian with unused high bits (most CR/DX): one masking pass over
+            # a read-only view of the pixel data, instead of pydicom's copy + two shift passes
+            view = pixel_array(ds, index=index if n_frames > 1 else None, view_only=True, correct_unused_bits=False)
+            arr = np.bitwise_and(view, np.asarray((1 << bs) - 1, dtype=view.dtype))
+            bs = None  # masked: no second check below
+        elif arr is None:
             arr = pixel_array(ds, index=index if n_frames > 1 else None)
     except BaseException as e:  # noqa: BLE001 - decoder errors come in many types; all mean "cannot decode"
         # BaseException: a Rust decoder's panic (pyo3's PanicException, e.g. pylibjpeg-rle on an
@@ -551,6 +557,19 @@ def _decode_pixels(ds, path: Path, st: os.stat_result, *, frame, salt, max_pixel
                                      "fix: pass frame= for multi-frame files")
     return arr, meta, {"keyword": keyword, "photometric": pi, "signed": signed, "color": color,
                        "reduction": reduction}
+
+
+#: Uncompressed little-endian transfer syntaxes whose pixel data can be viewed without a copy
+_LITTLE_ENDIAN_NATIVE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+
+
+def _masks_itself(ds, meta: dict, keyword: str, signed: bool) -> bool:
+    """True when the stored values are best masked here: unsigned, uncompressed little-endian,
+    8/16/32 bits allocated with fewer bits stored (pydicom would copy, then shift twice)."""
+    ba = int(ds.get("BitsAllocated", 0) or 0)
+    bs = meta["bits_stored"]
+    return (keyword == "PixelData" and not signed and meta["transfer_syntax"] in _LITTLE_ENDIAN_NATIVE
+            and ba in (8, 16, 32) and bool(bs) and 0 < bs < ba)
 
 
 def _decode_reduced(ds, path: Path, meta: dict, reduced_to) -> tuple[np.ndarray | None, float]:

@@ -161,15 +161,19 @@ def _dicom_pixels(ds, path, st, size, mode, interpolation, decode, voi, window, 
         image, meta = _color_image(arr, ds, path, meta, info)
         return _frame(_resize(image, nh, nw, interpolation), size, mode, top, left), meta
     lo, hi = _stored_extremes(arr, path, info["keyword"])
-    small = _integer_display(arr, ds, path, meta, info, voi, window, lo, hi, (nh, nw), interpolation)
+    # arr is this call's own fresh decode: the integer passes may overwrite it (no 2nd full-size buffer)
+    small = _integer_display(arr, ds, path, meta, info, voi, window, lo, hi, (nh, nw), interpolation, scratch=True)
     if small is None:  # float or > 16-bit range: the two-step path
         image = _grayscale_steps(arr, ds, path, meta, info, voi=voi, window=window, lo=lo, hi=hi)
         small = _resize(image.astype(np.float32), nh, nw, interpolation)
     return _frame(small, size, mode, top, left), meta
 
 
-def _integer_display(arr, ds, path, meta, info, voi, window, lo, hi, out_shape, interpolation):
-    """Display steps + resize on the stored integers; float32 ``(nh, nw)`` in [0, 1], or None."""
+def _integer_display(arr, ds, path, meta, info, voi, window, lo, hi, out_shape, interpolation, scratch=False):
+    """Display steps + resize on the stored integers; float32 ``(nh, nw)`` in [0, 1], or None.
+
+    ``scratch=True``: ``arr`` may be overwritten (it is not used afterwards).
+    """
     if arr.dtype.kind not in "ui" or hi - lo > 65535:
         return None
     ilo, span = int(lo), int(hi) - int(lo)
@@ -189,7 +193,7 @@ def _integer_display(arr, ds, path, meta, info, voi, window, lo, hi, out_shape, 
         return _take_and_resize(table, arr, ilo, out_shape, interpolation)
     k0, k1 = segment
     n = k1 - k0
-    small = _clip_scale_resize(arr, ilo + k0, ilo + k1, k0 > 0 or k1 < span, out_shape, interpolation)
+    small = _clip_scale_resize(arr, ilo + k0, ilo + k1, k0 > 0 or k1 < span, out_shape, interpolation, scratch)
     slope = (table[k1] - table[k0]) / n
     return np.clip(table[k0] + slope * (small - (ilo + k0)), 0.0, 1.0).astype(np.float32)
 
@@ -199,11 +203,13 @@ def _integer_display(arr, ds, path, meta, info, voi, window, lo, hi, out_shape, 
 _FINE_SPAN = 16384
 
 
-def _clip_scale_resize(arr, c0: int, c1: int, clip: bool, out_shape, interpolation) -> np.ndarray:
+def _clip_scale_resize(arr, c0: int, c1: int, clip: bool, out_shape, interpolation, scratch=False) -> np.ndarray:
     """Resize ``clip(arr, c0, c1)`` with integer arithmetic; float64 result in stored units.
 
-    At most two passes over the full image (clip into a copy, multiply in place), none when the
-    values need neither clipping nor more precision: then the stored integers are resized as they are.
+    At most two passes over the full image (clip into a copy, or into ``arr`` itself when
+    ``scratch``; multiply in place), none when the values need neither clipping nor more
+    precision: then the stored integers are resized as they are. Writing into ``arr`` saves a
+    second full-size buffer, whose first-touch page faults cost as much as the clip itself.
     """
     small_span = c1 - c0 < _FINE_SPAN
     if arr.dtype in (np.uint8, np.uint16) and c0 >= 0:
@@ -214,7 +220,10 @@ def _clip_scale_resize(arr, c0: int, c1: int, clip: bool, out_shape, interpolati
             if not clip and q == 1 and arr.dtype == np.uint16:
                 t = arr
             else:
-                t = np.clip(arr, c0, c1, dtype=np.uint16) if clip else arr.astype(np.uint16)
+                if scratch and arr.dtype == np.uint16 and arr.flags.writeable:
+                    t = np.clip(arr, c0, c1, out=arr) if clip else arr
+                else:
+                    t = np.clip(arr, c0, c1, dtype=np.uint16) if clip else arr.astype(np.uint16)
                 if q > 1:
                     np.multiply(t, q, out=t)
             return _resize_u16(t, out_shape, interpolation) / q

@@ -11,7 +11,7 @@ import pytest
 from pydicom.data import data_manager, get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import (ExplicitVRBigEndian, ExplicitVRLittleEndian, SecondaryCaptureImageStorage,
+from pydicom.uid import (ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, SecondaryCaptureImageStorage,
                          generate_uid)
 
 from cxr_embed.exceptions import (CxrEmbedError, ImageDecodeError, ImageNotFoundError, ImageReadError,
@@ -252,6 +252,36 @@ def test_bits_stored_masks_garbage_high_bits(tmp_path):
     np.testing.assert_array_equal(read_dicom(path, voi="minmax")[0],
                                   read_dicom(_write(tmp_path / "clean.dcm", clean, bits_stored=12), voi="minmax")[0])
 
+
+
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+@pytest.mark.parametrize("frames", [None, 1])
+def test_native_masking_path_equals_pydicom_and_ignores_garbage(tmp_path, ts, frames, monkeypatch):
+    """Uncompressed little-endian data with unused high bits is masked here, on a view of the pixel
+    data (issue 11: one pass instead of pydicom's copy + two shifts): same values as pydicom's own
+    correction, for single frames and a frame of a multi-frame file, read_prepared included."""
+    import cxr_embed.io.dicom as dicom_module
+    from cxr_embed import read_prepared
+
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, 1024, (2, 40, 30) if frames is not None else (40, 30)).astype(np.uint16)
+    dirty = clean | (rng.integers(0, 64, clean.shape).astype(np.uint16) << 10)
+    path = _write(tmp_path / "dirty.dcm", dirty, bits_stored=10, ts=ts)
+    taken = []
+    real = dicom_module._masks_itself
+    monkeypatch.setattr(dicom_module, "_masks_itself", lambda *a: taken.append(real(*a)) or taken[-1])
+    image, _ = read_dicom(path, voi="none", frame=frames)
+    assert taken == [True]
+    expected = pydicom.pixels.pixel_array(pydicom.dcmread(path), index=frames)
+    np.testing.assert_array_equal(expected, clean[frames] if frames is not None else clean)
+    np.testing.assert_allclose(image, expected / 1023.0, atol=1e-6)
+    x, _ = read_prepared(path, (20, 20), frame=frames, voi="none")
+    clean_path = _write(tmp_path / "clean.dcm", clean, bits_stored=10, ts=ts)
+    np.testing.assert_array_equal(x, read_prepared(clean_path, (20, 20), frame=frames, voi="none")[0])
+    # signed data and compressed syntaxes keep pydicom's own correction
+    assert not real(pydicom.dcmread(path), {"bits_stored": 10, "transfer_syntax": "1.2.840.10008.1.2.4.90"},
+                    "PixelData", False)
+    assert not real(pydicom.dcmread(path), {"bits_stored": 10, "transfer_syntax": str(ts)}, "PixelData", True)
 
 def test_voi_lut_sequence_preferred_then_window(tmp_path):
     pixels = np.array([[0, 100, 1000], [2000, 3000, 4095]], dtype=np.uint16)
