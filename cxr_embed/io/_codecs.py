@@ -99,27 +99,41 @@ def jpeg2000_file_header(path: str | os.PathLike) -> dict | None:
             return j2k_header(head)
         if head[:12] != JP2_SIGNATURE:
             return None
-        size = os.fstat(f.fileno()).st_size
-        pos = 0
-        for _ in range(_MAX_BOXES):
-            f.seek(pos)
-            box = f.read(16)
-            if len(box) < 8:
+        span = _jp2c_span(f, os.fstat(f.fileno()).st_size)
+        if span is None:
+            return None
+        f.seek(span[0])
+        return j2k_header(f.read(_MAIN_HEADER_BYTES))
+
+
+def _jp2c_span(f, size: int) -> tuple[int, int] | None:
+    """(start, end) byte offsets of the first contiguous-codestream box (``jp2c``) of a JP2/JPX stream.
+
+    ``f`` is a seekable binary file of ``size`` bytes that starts with :data:`JP2_SIGNATURE`; only
+    the top-level box headers are read. ``None`` when no ``jp2c`` box is among the first
+    :data:`_MAX_BOXES` or a box length points outside the stream.
+    """
+    pos = 0
+    for _ in range(_MAX_BOXES):
+        f.seek(pos)
+        box = f.read(16)
+        if len(box) < 8:
+            return None
+        length, kind = struct.unpack(">I4s", box[:8])
+        start = pos + 8
+        if length == 1:  # XLBox: a 64-bit length follows the type
+            if len(box) < 16:
                 return None
-            length, kind = struct.unpack(">I4s", box[:8])
-            start = pos + 8
-            if length == 1:  # XLBox: a 64-bit length follows the type
-                if len(box) < 16:
-                    return None
-                length, start = struct.unpack(">Q", box[8:16])[0], pos + 16
-            elif length == 0:  # the last box: up to the end of the file
-                length = size - pos
-            if kind == b"jp2c":
-                f.seek(start)
-                return j2k_header(f.read(_MAIN_HEADER_BYTES))
-            if length < start - pos or pos + length >= size:
-                return None
-            pos += length
+            length, start = struct.unpack(">Q", box[8:16])[0], pos + 16
+        elif length == 0:  # the last box: up to the end of the stream
+            length = size - pos
+        if length < start - pos or pos + length > size:
+            return None
+        if kind == b"jp2c":
+            return start, pos + length
+        if pos + length >= size:
+            return None
+        pos += length
     return None
 
 
@@ -185,7 +199,7 @@ def decode_pillow_reduced(data: bytes, needed: tuple[int, int], *, precision: in
     Parameters
     ----------
     data : bytes
-        A raw JPEG 2000 codestream or a JPEG (JFIF) stream, grayscale.
+        A raw JPEG 2000 codestream (or a JP2 file holding one) or a JPEG (JFIF) stream, grayscale.
     needed : tuple of int (rows, cols)
         Minimum size of the decoded image.
     precision : int, optional
@@ -199,6 +213,11 @@ def decode_pillow_reduced(data: bytes, needed: tuple[int, int], *, precision: in
     """
     from PIL import Image
 
+    if data[:12] == JP2_SIGNATURE:  # a JP2 file where DICOM expects a raw codestream (some encoders do this)
+        span = _jp2c_span(io.BytesIO(data), len(data))
+        if span is None:
+            return None
+        data = bytes(data[span[0] : span[1]])
     if data[:4] == J2K_START:
         info = j2k_header(data)
         r = pillow_j2k_level(info, needed, precision=precision)

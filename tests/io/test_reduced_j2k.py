@@ -152,6 +152,41 @@ def test_a_failing_reduced_decode_falls_back_to_full(j2k_files, decoded, monkeyp
     np.testing.assert_array_equal(got, full)
 
 
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_dicom_with_a_jp2_file_as_pixel_data_is_decoded_reduced(tmp_path, decoded, wrapped):
+    """Some encoders put a whole JP2 file (signature and boxes) where DICOM expects the raw
+    codestream; its codestream is found in the boxes and decoded reduced like a conformant one."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless, SecondaryCaptureImageStorage, generate_uid
+
+    arr = _radiograph((1200, 1000))
+    blob = tmp_path / ("x.jp2" if wrapped else "x.j2k")
+    Image.fromarray(arr).save(blob, "JPEG2000", irreversible=False, num_resolutions=6)
+    data = blob.read_bytes()
+    assert data.startswith(_codecs.JP2_SIGNATURE if wrapped else _codecs.J2K_START)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "CR", 1200, 1000, 1
+    ds.PhotometricInterpretation, ds.PixelRepresentation = "MONOCHROME2", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.WindowCenter, ds.WindowWidth = 32768, 60000  # a fixed window: min/max of the noise would differ
+    ds.PixelData = encapsulate([data])
+    ds["PixelData"].VR = "OB"
+    path = tmp_path / "x.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full, _ = read_prepared(path, 224)
+        decoded.clear()
+        got, meta = read_prepared(path, 224, decode="reduced")
+    assert meta["reduction"] == 2.0 and decoded == [(1, (500, 600))]  # 600 x 500 still >= 2 x 224 rows
+    _similar(full, got)
+
 # ----------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("keep", [30, 100, 0.05, 0.5, 0.9])
 @pytest.mark.parametrize("suffix", [".jp2", ".j2k"])
