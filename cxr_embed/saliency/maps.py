@@ -257,9 +257,13 @@ def _run_method(model, score, seed, method, layer, *, faster_n, smooth_samples, 
         return _TkvSaliency(model, clone=False)(score, seed, smooth_samples=smooth_samples, smooth_noise=smooth_noise)
     if method in ("scorecam", "faster-scorecam"):
         max_n = faster_n if method == "faster-scorecam" else None
-        return Scorecam(model, clone=False)(score, seed, penultimate_layer=layer, max_N=max_n, batch_size=batch_size)
+        return Scorecam(model, clone=False)(score, seed, penultimate_layer=layer, seek_penultimate_conv_layer=False,
+                                            max_N=max_n, batch_size=batch_size)
     cls = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus, "layercam": Layercam}[method]
-    return cls(model, clone=False)(score, seed, penultimate_layer=layer)
+    # seek_penultimate_conv_layer=False: the map of exactly this layer. tf-keras-vis' default walks back
+    # to the nearest Conv layer, e.g. from EfficientNet's top_activation to top_conv (before batch norm
+    # and activation), a different map from the one the pooled embedding is made of
+    return cls(model, clone=False)(score, seed, penultimate_layer=layer, seek_penultimate_conv_layer=False)
 
 
 def _quiet_predict(predict):

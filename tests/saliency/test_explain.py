@@ -90,6 +90,33 @@ def test_gradcam_through_linear_head_matches_keras_logit(backbone, embeddings):
     assert 0 <= s.map.min() and s.map.max() <= 1
 
 
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+def test_cam_is_taken_at_the_requested_layer_not_at_the_convolution_before_it(method):
+    """The tapped layer of EfficientNet is ``top_activation`` (batch norm + activation after
+    ``top_conv``); tf-keras-vis by default walks back from a non-convolutional layer to the nearest
+    Conv layer, which silently explained a different tensor from the one the embedding is pooled
+    from. Here the layer after the convolution takes its absolute value: the map of the requested
+    layer is exactly ReLU(sum_k w_k A_k) for Grad-CAM (a linear head on average-pooled features) and
+    ReLU(sum_k ReLU(w_k) A_k) for LayerCAM; the convolution's map is another one."""
+    inp = keras.Input((SIZE, SIZE, 3), name="image")
+    x = keras.layers.Rescaling(1 / 255.0)(inp)
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv",
+                            kernel_initializer=keras.initializers.GlorotUniform(3))(x)
+    a = keras.layers.Activation(keras.ops.absolute, name="magnitude")(x)
+    g = keras.layers.GlobalAveragePooling2D()(a)
+    out = keras.layers.Dense(1, activation="sigmoid", name="head",
+                             kernel_initializer=keras.initializers.GlorotUniform(4))(g)
+    model = keras.Model(inp, out)
+    image = np.random.default_rng(5).random((SIZE, SIZE)).astype(np.float32)
+    sal = explain(image, model, method=method, layer="magnitude")
+    A = np.asarray(keras.Model(inp, a)(image[None, ..., None].repeat(3, -1) * 255.0))[0]
+    w = model.get_layer("head").get_weights()[0][:, 0]
+    cam = np.maximum(A @ (w if method == "gradcam" else np.maximum(w, 0)), 0)
+    cam = (cam - cam.min()) / (cam.max() - cam.min())
+    assert sal.map.shape == cam.shape
+    assert np.corrcoef(sal.map.ravel(), cam.ravel())[0, 1] > 0.99
+
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_on_a_cnn_with_its_own_head(method):
     model = _tiny_cnn(n_out=2)
