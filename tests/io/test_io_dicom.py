@@ -11,8 +11,8 @@ import pytest
 from pydicom.data import data_manager, get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import (ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, SecondaryCaptureImageStorage,
-                         generate_uid)
+from pydicom.uid import (ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                         SecondaryCaptureImageStorage, generate_uid)
 
 from cxr_embed.exceptions import (CxrEmbedError, ImageDecodeError, ImageNotFoundError, ImageReadError,
                                   MultiFrameError, NoPixelDataError)
