@@ -22,6 +22,7 @@ __all__ = [
     "NonFiniteImageError",
     "ConstantImageError",
     "ImageTooLargeError",
+    "WorkerCrashError",
     "ManifestError",
     "MissingFilesError",
     "BoxFormatError",
@@ -123,6 +124,13 @@ class ImageTooLargeError(ImageReadError):
 
 
 # --- manifests -------------------------------------------------------------
+class WorkerCrashError(CxrEmbedError, RuntimeError):
+    """Decoding worker processes crashed on several files in a row: something systemic, not one file.
+
+    (One file that kills its worker is reported as failed and the run goes on.)
+    """
+
+
 class ManifestError(CxrEmbedError, ValueError):
     """A dataset table is malformed (unknown format, duplicate ids, bad labels)."""
 

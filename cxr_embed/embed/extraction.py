@@ -15,11 +15,10 @@ from __future__ import annotations
 import collections
 import inspect
 import logging
-import multiprocessing
 import os
 import time
 import warnings
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -29,6 +28,7 @@ import numpy as np
 from ..exceptions import ImageReadError, ManifestError, MissingDependencyError
 from ..io.dicom import DEFAULT_MAX_PIXELS, _check_max_pixels
 
+from ._workers import RestartingPool
 from .store import EmbeddingStore
 
 __all__ = ["extract", "ExtractionReport", "default_workers"]
@@ -248,15 +248,6 @@ def _picklable_prepare(backbone) -> tuple | None:
     return None
 
 
-def _pool_starts(ex: ProcessPoolExecutor, spec) -> bool:
-    """Whether the spawned workers come up (they re-import ``__main__``, which may re-run a script)."""
-    try:
-        ex.submit(_read_and_prepare, [], spec).result()
-        return True
-    except BrokenProcessPool:
-        return False
-
-
 def _library_prepare(backbone) -> bool:
     """Whether ``backbone.prepare`` is :meth:`cxr_embed.Backbone.prepare` itself (not overridden or wrapped).
 
@@ -276,14 +267,10 @@ def _make_executor(kind: str, workers: int, backbone, max_pixels=DEFAULT_MAX_PIX
         return None, _local_task(backbone, max_pixels, local_spec)
     if kind == "process" or (kind == "auto" and workers > 1):
         if spec is not None:
-            ctx = multiprocessing.get_context("spawn")  # never fork a process that runs TensorFlow
-            ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-            if _pool_starts(ex, spec):
-
-                def task(items, _ex=ex):
-                    return _ex.submit(_read_and_prepare, items, spec, max_pixels)
-
-                return ex, task
+            # spawned processes, restarted when a decoder crash kills one (the file is then reported)
+            ex = RestartingPool(_read_and_prepare, (spec, max_pixels), workers)
+            if ex.starts():
+                return ex, ex.submit
             ex.shutdown(wait=False, cancel_futures=True)
             if kind == "process":
                 raise RuntimeError(
@@ -322,18 +309,33 @@ def _stream(items: list[tuple[int, str]], executor: Executor | None, task, chunk
         for c in chunks:
             yield from _three_channels(task(c))
         return
-    pending: collections.deque = collections.deque()
+    pending: collections.deque = collections.deque()  # (future, its chunk)
     it = iter(chunks)
     for c in it:
-        pending.append(task(c))
+        pending.append((task(c), c))
         if len(pending) >= window:
             break
     while pending:
-        fut = pending.popleft()
+        fut, c = pending.popleft()
+        try:
+            results = fut.result()
+        except BrokenProcessPool:
+            if not isinstance(executor, RestartingPool):
+                raise
+            # a worker died (a decoder crash on one file): every chunk in flight is lost with it;
+            # a fresh pool re-runs them, isolating the file that kills its worker
+            lost = [c] + [chunk_ for _, chunk_ in pending]
+            pending.clear()
+            yield from _three_channels(executor.recover(lost))
+            for c in it:  # refill the window from the chunks not yet submitted
+                pending.append((task(c), c))
+                if len(pending) >= window:
+                    break
+            continue
         nxt = next(it, None)
         if nxt is not None:
-            pending.append(task(nxt))
-        yield from _three_channels(fut.result())
+            pending.append((task(nxt), nxt))
+        yield from _three_channels(results)
 
 
 def _three_channels(results):
@@ -455,10 +457,15 @@ def extract(
     Any exception while reading or preparing one image, a prepared image that is not finite or
     not of the backbone's input shape, and an embedding row with NaN/inf fail that image only:
     it is reported in ``failures`` (id, path, ``"ExceptionClass: message"``), never stored (no
-    zero rows), and retried by the next run. Errors about the run itself (store, backbone
-    forward pass, disk, a missing dependency) stop it. Padding each forward pass to ``batch_size`` rows makes the bits of an
-    image's embedding independent of the number of images left, so a resumed run matches an
-    uninterrupted one (oneDNN/cuDNN may choose different kernels for different batch shapes).
+    zero rows), and retried by the next run. So is a file whose decoding kills its worker
+    process (a native decoder's segmentation fault, an out-of-memory kill): the process pool is
+    restarted, the chunks in flight are re-run and the file that kills a worker again is named
+    (``WorkerCrashError: ...``); only crashes on many files in a row stop the run
+    (:class:`~cxr_embed.WorkerCrashError`). Errors about the run itself (store, backbone forward
+    pass, disk, a missing dependency) stop it. Padding each forward pass to ``batch_size`` rows
+    makes the bits of an image's embedding independent of the number of images left, so a resumed
+    run matches an uninterrupted one (oneDNN/cuDNN may choose different kernels for different
+    batch shapes).
 
     Examples
     --------
