@@ -367,8 +367,9 @@ def explain(image_or_path, model, *, backbone=None, method: str = "auto", label=
     labels : list of str, optional
         Names of a Keras model's outputs.
     layer : str, optional
-        Convolutional layer for CAM methods; default the backbone's tapped layer or the CNN's
-        last 4-D layer.
+        The layer (any 4-D output) whose map CAM methods compute, used exactly as given (not the
+        convolution before it); default the backbone's tapped layer (the tensor its embedding is
+        pooled from) or the CNN's last 4-D layer.
     resize : {"pad", "resize", "crop"}, default "pad"
         How a Keras model's input was prepared (backbones carry their own).
     faster_n, smooth_samples, smooth_noise, batch_size
