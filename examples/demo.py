@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 import warnings
@@ -110,6 +111,10 @@ def _write_sites(args, data: Path) -> dict:
 def main(argv=None) -> int:
     args = _parse(argv)
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # an example script may quiet these
+    # patient keys are salted hashes of PatientID; a real project sets its own secret salt (see
+    # docs/reading.md). These phantoms hold no patient data, so a fixed, public demo salt is fine; set in
+    # the environment so the decoding worker processes use it too (and do not warn, once each).
+    os.environ.setdefault("CXR_EMBED_SALT", "cxr_embed demo: synthetic phantoms, no patient data")
     stage = Stages()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
