@@ -311,10 +311,14 @@ def _stream(items: list[tuple[int, str]], executor: Executor | None, task, chunk
         return
     pending: collections.deque = collections.deque()  # (future, its chunk)
     it = iter(chunks)
-    for c in it:
-        pending.append((task(c), c))
-        if len(pending) >= window:
-            break
+
+    def fill():  # submit chunks not yet submitted until ``window`` are in flight
+        for c in it:
+            pending.append((task(c), c))
+            if len(pending) >= window:
+                break
+
+    fill()
     while pending:
         fut, c = pending.popleft()
         try:
@@ -323,18 +327,14 @@ def _stream(items: list[tuple[int, str]], executor: Executor | None, task, chunk
             if not isinstance(executor, RestartingPool):
                 raise
             # a worker died (a decoder crash on one file): every chunk in flight is lost with it;
-            # a fresh pool re-runs them, isolating the file that kills its worker
-            lost = [c] + [chunk_ for _, chunk_ in pending]
+            # a fresh pool re-runs them (before anything new is submitted to it), isolating the
+            # file that kills its worker
+            lost = [c] + [chunk for _, chunk in pending]
             pending.clear()
             yield from _three_channels(executor.recover(lost))
-            for c in it:  # refill the window from the chunks not yet submitted
-                pending.append((task(c), c))
-                if len(pending) >= window:
-                    break
+            fill()
             continue
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append((task(nxt), nxt))
+        fill()
         yield from _three_channels(results)
 
 

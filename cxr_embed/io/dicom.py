@@ -516,17 +516,19 @@ def _decode_pixels(ds, path: Path, st: os.stat_result, *, frame, salt, max_pixel
     bs = meta["bits_stored"]
     reduction = 1.0
     arr = None
+    masked = False  # BitsStored already applied here (else checked after pydicom below)
     if reduced_to is not None and n_frames == 1 and keyword == "PixelData" and not signed and pi.startswith("MONO"):
         arr, reduction = _decode_reduced(ds, path, meta, reduced_to((geometry["Rows"], geometry["Columns"])))
+    which = index if n_frames > 1 else None
     try:
         if arr is None and _masks_itself(ds, meta, keyword, signed):
             # uncompressed little-endian with unused high bits (most CR/DX): one masking pass over
             # a read-only view of the pixel data, instead of pydicom's copy + two shift passes
-            view = pixel_array(ds, index=index if n_frames > 1 else None, view_only=True, correct_unused_bits=False)
+            view = pixel_array(ds, index=which, view_only=True, correct_unused_bits=False)
             arr = np.bitwise_and(view, np.asarray((1 << bs) - 1, dtype=view.dtype))
-            bs = None  # masked: no second check below
+            masked = True
         elif arr is None:
-            arr = pixel_array(ds, index=index if n_frames > 1 else None)
+            arr = pixel_array(ds, index=which)
     except BaseException as e:  # noqa: BLE001 - decoder errors come in many types; all mean "cannot decode"
         # BaseException: a Rust decoder's panic (pyo3's PanicException, e.g. pylibjpeg-rle on an
         # overrunning segment) is not an Exception; only an interrupt or an exit must pass through
@@ -543,7 +545,7 @@ def _decode_pixels(ds, path: Path, st: os.stat_result, *, frame, salt, max_pixel
         arr = arr[0]
 
     # pydicom 3 already masks/sign-extends; repeat the mask so BitsAllocated never leaks in
-    if np.issubdtype(arr.dtype, np.unsignedinteger) and bs and bs < arr.dtype.itemsize * 8:
+    if not masked and np.issubdtype(arr.dtype, np.unsignedinteger) and bs and bs < arr.dtype.itemsize * 8:
         limit = (1 << bs) - 1
         if arr.size and int(arr.max()) > limit:  # a reduction pass; the masked copy only when needed
             arr = arr & np.asarray(limit, dtype=arr.dtype)
