@@ -3,7 +3,7 @@
 Runs :func:`cxr_embed.search_pipeline` and writes the ranked table (``search.csv``), the settings,
 wall times and the chosen pipeline (``search.json``) and the chosen pipeline refitted on all
 internal images as a model bundle (``best_model/``, usable by ``cxr-embed predict`` for a single
-input size).
+input size; a multi-size or fused pipeline predicts through ``SearchedPipeline.predict_proba``).
 """
 from __future__ import annotations
 
@@ -60,6 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", default="none", help="comma-separated layers ('none': the last one)")
     p.add_argument("--tta", default="none,flip", help="test-time augmentation options: none, flip (default both)")
     p.add_argument("--multiscale", action="store_true", help="also compare the mean over all input sizes")
+    p.add_argument("--fuse", action="append", default=None, metavar="GROUP",
+                   help="also compare a concatenation of embeddings: 'backbones' (every combination of the "
+                        "backbones, each by its multi-resolution embedding) or labels joined by ' + ', e.g. "
+                        "'efficientnet_lite0@224 + efficientnet_lite2@260' (repeatable)")
     p.add_argument("--classifiers", default="logreg,linear_svm,xgboost,mlp", help="comma-separated classifier names")
     p.add_argument("--cv", type=int, default=5, help="outer patient-grouped folds (default 5)")
     p.add_argument("--inner-cv", type=int, default=3, help="inner patient-grouped folds of the search (default 3)")
@@ -85,6 +89,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import cxr_embed
+    from cxr_embed.transfer.embeddings import parse_fuse
 
     manifest = cxr_embed.load_manifest(args.manifest, format=args.manifest_format, root=args.root)
     external = None if args.external is None else cxr_embed.load_manifest(args.external)
@@ -95,7 +100,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         res = cxr_embed.search_pipeline(
             manifest, args.label, store=args.store, backbones=_list(args.backbones), input_sizes=sizes,
             layers=[_opt(t) for t in _list(args.layers)] or [None], tta=[_opt(t) for t in _list(args.tta)] or [None],
-            multiscale=args.multiscale, classifiers=_list(args.classifiers), cv=args.cv, inner_cv=args.inner_cv,
+            multiscale=args.multiscale, fuse=parse_fuse(args.fuse), classifiers=_list(args.classifiers), cv=args.cv, inner_cv=args.inner_cv,
             n_repeats=args.repeats, groups=args.groups, stress=stress, stress_top=args.stress_top, rank=args.rank,
             external=external, external_store=args.external_store, backbone_kwargs={"weights": weights},
             extract_kwargs={"batch_size": args.batch_size, "workers": args.workers}, n_bootstrap=args.n_bootstrap,

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..exceptions import BoxFormatError
 from ..io.boxes import boxes_to_mask, load_boxes
-from .faithfulness import deletion_auc, energy_in_mask, random_saliency, saliency_iou
+from .faithfulness import energy_in_mask, random_saliency, saliency_iou
 
 __all__ = ["evaluate_localization", "LocalizationResult", "lung_prior", "save_localization_overlays",
            "localization_html"]

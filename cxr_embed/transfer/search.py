@@ -15,6 +15,9 @@ With ``stress_top=k`` only the embedding configurations of the ``k`` best pipeli
 are stress-tested (each perturbation costs one extraction of the internal set per
 configuration); the others rank after them.
 
+The embedding configurations themselves (one backbone and its sizes, layer and TTA, or a fusion
+of several) and their extract-once cache live in :mod:`cxr_embed.transfer.embeddings`.
+
 External data (``external=``) is only ever embedded and predicted by the pipelines refitted on
 the whole internal set: it never reaches a fit, a search or the ranking.
 """
@@ -25,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,8 +38,10 @@ from .._utils import sha256_text, stable_json
 from ..exceptions import LeakageError, ManifestError
 from ..io.perturbations import perturbation_config
 from ..learn.persistence import _jsonable
+from .embeddings import AnyConfig, EmbeddingConfig, FusedConfig, _configs, _Embeddings
 
-__all__ = ["EmbeddingConfig", "PipelineSearchResult", "SearchedPipeline", "search_pipeline", "SEARCH_SPACES"]
+__all__ = ["EmbeddingConfig", "FusedConfig", "PipelineSearchResult", "SearchedPipeline", "search_pipeline",
+           "SEARCH_SPACES"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,47 +63,13 @@ RANK_RULES = ("worst", "clean")
 DEFAULT_STRESS = ("lowres", "jpeg", "gamma", "noise", "squash")
 
 
-@dataclass(frozen=True)
-class EmbeddingConfig:
-    """One way of turning an image into an embedding.
-
-    Attributes
-    ----------
-    backbone : str
-        A registered backbone name.
-    sizes : tuple of int
-        Input size(s); several sizes mean the mean of the embeddings at each (multi-resolution).
-    layer : str or None
-        Tapped layer (None: the backbone's default, the last one).
-    tta : {None, "flip"}
-        ``"flip"``: mean of the embeddings of the image and of its mirror.
-    """
-
-    backbone: str
-    sizes: tuple[int, ...]
-    layer: str | None = None
-    tta: str | None = None
-
-    @property
-    def label(self) -> str:
-        """Short name, e.g. ``efficientnet_lite0@224+flip`` or ``efficientnet_lite1@224|320``."""
-        text = f"{self.backbone}@{'|'.join(str(s) for s in self.sizes)}"
-        if self.layer:
-            text += f"/{self.layer}"
-        return text + ("+flip" if self.tta == "flip" else "")
-
-    def to_dict(self) -> dict:
-        """JSON-serialisable form (recorded in ``search.json`` and in the saved bundle)."""
-        return {"backbone": self.backbone, "sizes": list(self.sizes), "layer": self.layer, "tta": self.tta}
-
-
 @dataclass
 class SearchedPipeline:
     """The chosen pipeline, refitted on the whole internal set.
 
     Attributes
     ----------
-    embedding : EmbeddingConfig
+    embedding : EmbeddingConfig or FusedConfig
     classifier : str
     estimator : fitted estimator
         The tuned classifier refitted on every internal image (its inner search chose
@@ -109,7 +80,7 @@ class SearchedPipeline:
     label : str
     """
 
-    embedding: EmbeddingConfig
+    embedding: AnyConfig
     classifier: str
     estimator: Any
     best_params: dict
@@ -138,9 +109,17 @@ class SearchedPipeline:
 
         Its embeddings equal the pipeline's within float tolerance (the search builds flip TTA
         from cached plain and mirrored passes).
+
+        Raises
+        ------
+        ValueError
+            For a fused pipeline (several backbones): use :meth:`embed` or :meth:`predict_proba`.
         """
         from ..embed.backbones import Backbone
 
+        if isinstance(self.embedding, FusedConfig):
+            raise ValueError(f"this pipeline fuses several embeddings ({self.embedding.label}), so no single "
+                             "Backbone makes its input; use embed() or predict_proba()")
         size = self.embedding.sizes[0] if size is None else size
         if not self.embedding.tta and (self.embedding.backbone, size, self.embedding.layer) in self._backbones:
             return self._backbones[(self.embedding.backbone, size, self.embedding.layer)]
@@ -175,13 +154,15 @@ class SearchedPipeline:
     def save(self, path, *, manifest=None, metrics=None, overwrite: bool = False, key=None):
         """Save as a model bundle (:func:`cxr_embed.save_model`) recording the embedding configuration.
 
-        For a single input size the recorded ``backbone_fingerprint`` is that of :meth:`backbone`
-        (so ``cxr-embed predict`` works on a store extracted with it); for several sizes it is
-        :attr:`fingerprint` and :meth:`predict_proba` is the way to predict.
+        For a single backbone at a single input size the recorded ``backbone_fingerprint`` is that
+        of :meth:`backbone` (so ``cxr-embed predict`` works on a store extracted with it); for
+        several sizes or a fusion it is :attr:`fingerprint` and :meth:`predict_proba` is the way to
+        predict.
         """
         from ..learn.persistence import save_model
 
-        fp = self.backbone().fingerprint if len(self.embedding.sizes) == 1 else self.fingerprint
+        single = isinstance(self.embedding, EmbeddingConfig) and len(self.embedding.sizes) == 1
+        fp = self.backbone().fingerprint if single else self.fingerprint
         return save_model(path, self.estimator, labels=[self.label], backbone_fingerprint=fp, manifest=manifest,
                           metrics=metrics, key=key, overwrite=overwrite,
                           extra={"search": {"embedding": self.embedding.to_dict(), "classifier": self.classifier,
@@ -276,78 +257,6 @@ def _binary_target(df: pd.DataFrame, label: str, what: str) -> pd.DataFrame:
     return out
 
 
-class _Embeddings:
-    """Extract-once, load-many access to the embedding of every configuration and view."""
-
-    def __init__(self, store, backbone_kwargs: dict, extract_kwargs: dict, backbones: dict | None = None):
-        from ..embed.store import EmbeddingStore
-
-        self.store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store, mode="a")
-        self.backbone_kwargs = dict(backbone_kwargs)
-        self.extract_kwargs = {"progress": False, **extract_kwargs}
-        self._backbones: dict = {} if backbones is None else backbones  # shared: one object per configuration
-        self.failures: list = []
-        self.seconds = 0.0
-
-    def backbone(self, name: str, size: int, layer):
-        from ..embed.backbones import Backbone
-
-        key = (name, size, layer)
-        if key not in self._backbones:
-            self._backbones[key] = Backbone(name, input_size=size, layer=layer, **self.backbone_kwargs)
-        return self._backbones[key]
-
-    def fingerprint(self, cfg: EmbeddingConfig) -> str:
-        parts = [self.backbone(cfg.backbone, s, cfg.layer).fingerprint for s in cfg.sizes]
-        return sha256_text(stable_json({"backbones": parts, "tta": cfg.tta, "combine": "mean"}))
-
-    def _view_rows(self, bb, df: pd.DataFrame, *, flip: bool, perturbation) -> dict:
-        from ..embed.extraction import extract
-        from ..embed.views import ImageView
-
-        obj = bb if not flip and perturbation is None else ImageView(bb, flip=flip, perturbation=perturbation)
-        t0 = time.perf_counter()
-        report = extract(df[["image_id", "path"]], obj, self.store, **self.extract_kwargs)
-        self.seconds += time.perf_counter() - t0
-        self.failures.extend(report.failures)
-        ids, X = self.store.load(obj.fingerprint)
-        return dict(zip((str(i) for i in ids), X))
-
-    def matrix(self, cfg: EmbeddingConfig, df: pd.DataFrame, perturbation=None) -> tuple[np.ndarray, np.ndarray]:
-        """(ids that every part has, mean embedding) for a manifest, in manifest order."""
-        parts = []
-        for size in cfg.sizes:
-            bb = self.backbone(cfg.backbone, size, cfg.layer)
-            plain = self._view_rows(bb, df, flip=False, perturbation=perturbation)
-            if cfg.tta == "flip":
-                mirrored = self._view_rows(bb, df, flip=True, perturbation=perturbation)
-                plain = {k: (v + mirrored[k]) * np.float32(0.5) for k, v in plain.items() if k in mirrored}
-            parts.append(plain)
-        ids = [str(i) for i in df["image_id"] if all(str(i) in p for p in parts)]
-        if not ids:
-            return np.array([], dtype=str), np.zeros((0, 0), np.float32)
-        X = np.stack([np.mean([p[i] for p in parts], axis=0) if len(parts) > 1 else parts[0][i] for i in ids])
-        return np.asarray(ids), X.astype(np.float32, copy=False)
-
-
-def _configs(backbones, input_sizes, layers, tta, multiscale) -> list[EmbeddingConfig]:
-    from ..embed.registry import _get_spec
-
-    sizes = [None] if input_sizes is None else list(input_sizes)
-    out = []
-    for name, layer, t in product(backbones, layers, tta):
-        if t not in (None, "flip"):
-            raise ValueError(f"tta options are None and 'flip', got {t!r}")
-        native = int(_get_spec(name).input_size[0])
-        resolved = sorted({native if s is None else int(s) for s in sizes})
-        out += [EmbeddingConfig(name, (s,), layer, t) for s in resolved]
-        if multiscale and len(resolved) > 1:
-            out.append(EmbeddingConfig(name, tuple(resolved), layer, t))
-    if len(set(out)) != len(out):
-        raise ValueError("the search grid repeats an embedding configuration; list each backbone, size and layer once")
-    return out
-
-
 def _space(name: str, param_spaces: dict | None) -> dict:
     from ..learn.classifiers import _canonical, default_search_space
 
@@ -413,10 +322,11 @@ def search_pipeline(
     *,
     store,
     backbones: Sequence[str] = ("efficientnet_lite0",),
-    input_sizes: Sequence[int | None] | None = None,
+    input_sizes: Sequence[int | None] | Mapping[str, Sequence[int | None]] | None = None,
     layers: Sequence[str | None] = (None,),
     tta: Sequence[str | None] = (None,),
     multiscale: bool = False,
+    fuse: str | Sequence[Sequence[str]] | None = None,
     classifiers: Sequence[str] = ("logreg",),
     param_spaces: dict | None = None,
     cv: int = 5,
@@ -448,14 +358,20 @@ def search_pipeline(
         a second run reuses them.
     backbones : sequence of str
         Registered backbone names.
-    input_sizes : sequence of int or None, optional
-        Input sizes (None: each backbone's native size).
+    input_sizes : sequence of int or None, or dict, optional
+        Input sizes (None: each backbone's native size), for every backbone; or a dict
+        ``{backbone: sizes}`` (a backbone it does not name gets its native size).
     layers : sequence of str or None
         Tapped layers (None: the default last layer).
     tta : sequence of {None, "flip"}
         Test-time augmentation options to compare.
     multiscale : bool, default False
         Also compare, per backbone, the mean of the embeddings over all ``input_sizes``.
+    fuse : "backbones" or sequence of sequence of str, optional
+        Also compare concatenations of embeddings (:class:`FusedConfig`; no extraction beyond their
+        parts). ``"backbones"``: every pair, triple, ... of the backbones, each by its
+        multi-resolution embedding (or its single size), per layer and TTA option. Or explicit
+        groups of labels of the grid, e.g. ``[["efficientnet_lite0@224", "efficientnet_lite2@260"]]``.
     classifiers : sequence of str
         Names of :func:`cxr_embed.make_classifier`.
     param_spaces : dict, optional
@@ -504,7 +420,8 @@ def search_pipeline(
     LeakageError
         A patient in both the internal and the external manifest.
     ValueError
-        Unknown classifier, perturbation, rank rule or TTA option.
+        Unknown classifier, perturbation, rank rule or TTA option; a fusion that names an
+        embedding not in the grid.
 
     Examples
     --------
@@ -525,7 +442,7 @@ def search_pipeline(
     stress_cfgs = [perturbation_config(p) for p in (stress or ())]
     stress_names = [c["name"] if sum(d["name"] == c["name"] for d in stress_cfgs) == 1
                     else sha256_text(stable_json(c))[:8] for c in stress_cfgs]
-    configs = _configs(backbones, input_sizes, layers, tta, multiscale)
+    configs = _configs(backbones, input_sizes, layers, tta, multiscale, fuse)
     df = _binary_target(_load(manifest, "internal"), label, "manifest")
     if groups not in df.columns:
         raise ManifestError(f"manifest has no patient column {groups!r}; patient-grouped CV needs one")
@@ -540,7 +457,7 @@ def search_pipeline(
                     f"{sorted(shared)[:3]}); an external set must be other patients; fix: drop them from one side")
     settings = {"label": label, "cv": cv, "inner_cv": inner_cv, "n_repeats": n_repeats, "rank": rank,
                 "stress": stress_cfgs, "stress_top": stress_top, "random_state": random_state,
-                "classifiers": clf_names, "configs": [c.to_dict() for c in configs],
+                "classifiers": clf_names, "configs": [c.to_dict() for c in configs], "fuse": fuse,
                 "param_spaces": {c: _jsonable(_space(c, param_spaces)) for c in clf_names}}
     seconds = {"extract": 0.0, "cv": 0.0, "stress": 0.0, "external": 0.0}
     emb = _Embeddings(store, backbone_kwargs or {}, extract_kwargs or {})

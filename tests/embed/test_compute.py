@@ -77,6 +77,7 @@ def test_mixed_precision_close_to_float32_same_fingerprint(model, precision, rto
     np.testing.assert_array_equal(mixed.embed(x), b)
 
 
+@pytest.mark.slow  # 7 s: builds real Lite0 twice
 def test_mixed_float16_real_lite0_weights():
     bb = Backbone("efficientnet_lite0", input_size=96)
     mixed = Backbone("efficientnet_lite0", input_size=96, precision="mixed_float16")

@@ -13,7 +13,6 @@ from scipy.stats import norm
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from cxr_embed.evaluate import metrics as M
 from cxr_embed.evaluate.metrics import _bootstrap as MB
 from cxr_embed.evaluate.metrics import (
     METRICS_COLUMNS,
