@@ -33,7 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "an interruption computes only what is missing.")
     p.add_argument("--manifest", required=True, help="dataset table or folder (anything load_manifest reads)")
     p.add_argument("--backbone", required=True,
-                   help="backbone name (e.g. efficientnet_lite0, densenet121) or a .keras model file")
+                   help="backbone name (e.g. efficientnet_lite0, densenet121), a .keras model file, or an embedding "
+                        "label of several passes, e.g. 'efficientnet_lite0@224|320|448 + efficientnet_lite1@224|320' "
+                        "(multi-size means and fused backbones, as cxr-embed search names them)")
+    p.add_argument("--parts-store", default=None,
+                   help="with an embedding label: where the single passes are cached (default <store>.parts.h5)")
     p.add_argument("--weights", default=None,
                    help="'imagenet' (default for names), 'none' for random weights, or a weights file")
     p.add_argument("--layer", default=None, help="layer to tap (default: the last convolutional activations)")
@@ -70,13 +74,25 @@ def _backbone(args):
     import cxr_embed
 
     tta = None if args.tta == "none" else args.tta
+    weights: Any = "imagenet" if args.weights is None else args.weights
+    if isinstance(weights, str) and weights.lower() == "none":
+        weights = None
+    if "@" in args.backbone:  # an embedding label: several passes combined
+        from cxr_embed.embed.composite import CompositeEmbedding
+
+        given = [f for f, v in (("--layer", args.layer), ("--input-size", args.input_size), ("--tta", tta),
+                                ("--pooling", None if args.pooling == "avg" else args.pooling)) if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} cannot be combined with an embedding label ({args.backbone!r}): "
+                             "the label sets sizes, layer and TTA, e.g. 'efficientnet_lite0@224|320+flip'")
+        return CompositeEmbedding(args.backbone, parts_store=args.parts_store, weights=weights,
+                                  precision=args.precision)
+    if args.parts_store is not None:
+        raise ValueError("--parts-store is an option of an embedding label (--backbone 'name@size + ...')")
     if args.backbone.endswith((".keras", ".h5")) or os.path.isfile(args.backbone):
         return cxr_embed.Backbone.from_keras(args.backbone, layer=args.layer, preprocess=args.preprocess,
                                              pooling=args.pooling, precision=args.precision,
                                              input_size=args.input_size, tta=tta)
-    weights: Any = "imagenet" if args.weights is None else args.weights
-    if isinstance(weights, str) and weights.lower() == "none":
-        weights = None
     return cxr_embed.Backbone(args.backbone, weights=weights, layer=args.layer, pooling=args.pooling,
                               precision=args.precision, input_size=args.input_size, tta=tta)
 
@@ -89,7 +105,13 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         print("error: --ray-address and --ray-actors are options of --engine ray, not --engine local", file=sys.stderr)
         return 2
     manifest = cxr_embed.load_manifest(args.manifest)
-    backbone = _backbone(args)
+    try:
+        backbone = _backbone(args)
+    except ValueError as e:
+        if isinstance(e, cxr_embed.CxrEmbedError):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     engine = args.engine or ("ray" if ray_flags else "local")
     ray_kw = {}
     if engine == "ray":

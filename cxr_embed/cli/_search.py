@@ -89,7 +89,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import cxr_embed
-    from cxr_embed.transfer.embeddings import parse_fuse
+    from cxr_embed.transfer.search_grid import parse_fuse
 
     manifest = cxr_embed.load_manifest(args.manifest, format=args.manifest_format, root=args.root)
     external = None if args.external is None else cxr_embed.load_manifest(args.external)

@@ -392,9 +392,12 @@ def extract(
     manifest_or_paths : DataFrame or sequence of str
         A table with columns ``image_id`` and ``path`` (from :func:`cxr_embed.load_manifest`),
         or a list of image paths (then the ids are the path strings).
-    backbone : Backbone
+    backbone : Backbone or CompositeEmbedding
         Any object with ``fingerprint``, ``config``, ``dim``, ``input_size``, ``name``,
-        ``prepare(image) -> (h, w, 3)`` and ``embed(batch (n, h, w, 3)) -> (n, dim)`` float32.
+        ``prepare(image) -> (h, w, 3)`` and ``embed(batch (n, h, w, 3)) -> (n, dim)`` float32;
+        or a :class:`~cxr_embed.embed.composite.CompositeEmbedding` (multi-size, flip TTA,
+        fused backbones), whose passes are each extracted with these settings into its parts
+        store and combined into one group of ``store``.
     store : EmbeddingStore or str or Path
         Where the embeddings go (created if missing).
     batch_size : int, default 32
@@ -487,6 +490,13 @@ def extract(
     if n_workers < 0:
         raise ValueError(f"workers must be >= 0 or None, got {workers}")
     ids, paths = _as_items(manifest_or_paths)
+    if getattr(backbone, "composite", False):  # several passes, each extracted like a backbone, then combined
+        import pandas as pd
+
+        return backbone.extract_into(
+            pd.DataFrame({"image_id": ids, "path": paths}), store, batch_size=batch_size, workers=workers,
+            progress=progress, dtype=dtype, executor=executor, prefetch=prefetch, max_pixels=max_pixels, engine=engine,
+            ray_address=ray_address, ray_options=ray_options)
     if engine == "local" and (ray_address is not None or ray_options):
         raise ValueError("ray_address and ray_options are options of engine='ray'; fix: pass engine='ray' or drop them")
     ray_plan = None

@@ -16,7 +16,8 @@ are stress-tested (each perturbation costs one extraction of the internal set pe
 configuration); the others rank after them.
 
 The embedding configurations themselves (one backbone and its sizes, layer and TTA, or a fusion
-of several) and their extract-once cache live in :mod:`cxr_embed.transfer.embeddings`.
+of several) and their extract-once cache live in :mod:`cxr_embed.embed.composite`, the grid in
+:mod:`cxr_embed.transfer.search_grid`.
 
 External data (``external=``) is only ever embedded and predicted by the pipelines refitted on
 the whole internal set: it never reaches a fit, a search or the ranking.
@@ -38,7 +39,8 @@ from .._utils import sha256_text, stable_json
 from ..exceptions import LeakageError, ManifestError
 from ..io.perturbations import perturbation_config
 from ..learn.persistence import _jsonable
-from .embeddings import AnyConfig, EmbeddingConfig, FusedConfig, _configs, _Embeddings
+from ..embed.composite import AnyConfig, EmbeddingConfig, FusedConfig, _Embeddings
+from .search_grid import _configs
 
 __all__ = ["EmbeddingConfig", "FusedConfig", "PipelineSearchResult", "SearchedPipeline", "search_pipeline",
            "SEARCH_SPACES"]
@@ -126,6 +128,24 @@ class SearchedPipeline:
         return Backbone(self.embedding.backbone, input_size=size, layer=self.embedding.layer, tta=self.embedding.tta,
                         **self._backbone_kwargs)
 
+    def extractor(self):
+        """What :func:`cxr_embed.extract` takes to embed images as this pipeline does.
+
+        Returns
+        -------
+        Backbone or CompositeEmbedding
+            A :class:`~cxr_embed.Backbone` for one backbone at one size; otherwise a
+            :class:`~cxr_embed.embed.composite.CompositeEmbedding` (several sizes, or a fusion)
+            whose group fingerprint is this pipeline's :attr:`fingerprint`, the group its saved
+            bundle predicts on (``cxr-embed extract --backbone '<label>'`` makes the same).
+        """
+        from ..embed.composite import CompositeEmbedding
+
+        if isinstance(self.embedding, EmbeddingConfig) and len(self.embedding.sizes) == 1:
+            return self.backbone()
+        self._check_rebuildable()
+        return CompositeEmbedding(self.embedding, **self._backbone_kwargs)
+
     def embed(self, manifest, store, **extract_kwargs) -> tuple[np.ndarray, np.ndarray]:
         """Embed a manifest's images as this pipeline does (extracting what the store lacks).
 
@@ -154,10 +174,11 @@ class SearchedPipeline:
     def save(self, path, *, manifest=None, metrics=None, overwrite: bool = False, key=None):
         """Save as a model bundle (:func:`cxr_embed.save_model`) recording the embedding configuration.
 
-        For a single backbone at a single input size the recorded ``backbone_fingerprint`` is that
-        of :meth:`backbone` (so ``cxr-embed predict`` works on a store extracted with it); for
-        several sizes or a fusion it is :attr:`fingerprint` and :meth:`predict_proba` is the way to
-        predict.
+        The recorded ``backbone_fingerprint`` is that of :meth:`extractor`, so ``cxr-embed
+        predict`` works on a store extracted with it: for a single backbone at a single input size
+        the :class:`~cxr_embed.Backbone`'s, for several sizes or a fusion the
+        :class:`~cxr_embed.embed.composite.CompositeEmbedding`'s (this pipeline's
+        :attr:`fingerprint`; ``cxr-embed extract --backbone '<embedding label>'``).
         """
         from ..learn.persistence import save_model
 

@@ -12,7 +12,8 @@ keras = pytest.importorskip("keras")
 import cxr_embed  # noqa: E402
 from cxr_embed.datasets import make_synthetic_cxr, write_dataset  # noqa: E402
 from cxr_embed.transfer import search as search_mod  # noqa: E402
-from cxr_embed.transfer.embeddings import EmbeddingConfig, FusedConfig, _configs, _Embeddings, parse_fuse  # noqa: E402
+from cxr_embed.embed.composite import EmbeddingConfig, FusedConfig, _Embeddings  # noqa: E402
+from cxr_embed.transfer.search_grid import _configs, parse_fuse  # noqa: E402
 
 L0, L1, L2 = "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"
 BB = {"weights": None}

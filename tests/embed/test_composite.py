@@ -1,0 +1,114 @@
+"""CompositeEmbedding: multi-size / flip / fused embeddings extracted like a backbone, read like any group."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import cxr_embed  # noqa: E402
+from cxr_embed import Backbone, EmbeddingStore  # noqa: E402
+from cxr_embed.datasets import make_synthetic_cxr, write_dataset  # noqa: E402
+from cxr_embed.embed.composite import CompositeEmbedding, EmbeddingConfig, FusedConfig, parse_embedding  # noqa: E402
+from cxr_embed.embed.views import ImageView  # noqa: E402
+
+LABEL = "mobilenet_v2@32|40 + mobilenet_v2@48+flip"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("composite")
+    weights = root / "mnv2.weights.h5"
+    keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
+    ds = make_synthetic_cxr(10, site="A", size=48, seed=4, images_per_patient=2)
+    manifest = cxr_embed.load_manifest(write_dataset(ds, root / "data", format="png"))
+    bad = root / "data" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with_bad = pd.concat([manifest, pd.DataFrame({"image_id": ["broken"], "path": [str(bad)]})], ignore_index=True)
+    comp = CompositeEmbedding(LABEL, weights=str(weights))
+    store = root / "s.h5"
+    report = cxr_embed.extract(with_bad, comp, store, workers=0, progress=False)
+    return {"root": root, "weights": str(weights), "manifest": manifest, "with_bad": with_bad, "comp": comp,
+            "store": store, "report": report}
+
+
+def test_labels_parse_back_to_their_configurations():
+    for cfg in (EmbeddingConfig("efficientnet_lite0", (224,)), EmbeddingConfig("densenet121", (224, 320), None, "flip"),
+                EmbeddingConfig("resnet50", (224,), "conv4_block6_out"),
+                FusedConfig((EmbeddingConfig("efficientnet_lite0", (224, 320, 448)),
+                             EmbeddingConfig("efficientnet_lite1", (224, 320), None, "flip")))):
+        assert parse_embedding(cfg.label) == cfg
+    for bad in ("efficientnet_lite0", "efficientnet_lite0@", "a@224+b@240", "efficientnet_lite0@224 +"):
+        with pytest.raises(ValueError, match="not an embedding label"):
+            parse_embedding(bad)
+
+
+def test_the_group_is_the_combination_of_its_cached_passes(setup):
+    comp, store, w = setup["comp"], EmbeddingStore(setup["store"], mode="r"), setup["weights"]
+    # the target store holds one group, described by its config; the passes live beside it
+    assert store.fingerprints() == [comp.fingerprint]
+    config = store.info()["backbones"][comp.fingerprint]["config"]
+    assert config["format"] == "cxr_embed.composite" and config["name"] == LABEL and config["dim"] == 2560
+    assert config["embedding"] == parse_embedding(LABEL).to_dict() and len(config["parts"]) == 3
+    parts = EmbeddingStore(setup["root"] / "s.parts.h5", mode="r")
+    b32, b40, b48 = (Backbone("mobilenet_v2", weights=w, input_size=s) for s in (32, 40, 48))
+    assert set(parts.fingerprints()) == {b32.fingerprint, b40.fingerprint, b48.fingerprint,
+                                         ImageView(b48, flip=True).fingerprint}
+    ids, X = store.load(comp.fingerprint)
+    assert X.shape == (10, 2560) and "broken" not in set(ids)
+
+    def part(bb):
+        return parts.load(bb.fingerprint, list(ids))[1]
+
+    np.testing.assert_allclose(X[:, :1280], (part(b32) + part(b40)) / 2, rtol=1e-6)
+    np.testing.assert_allclose(X[:, 1280:], (part(b48) + part(ImageView(b48, flip=True))) * np.float32(0.5), rtol=1e-6)
+
+
+def test_a_bad_file_is_reported_once_and_a_rerun_computes_nothing(setup):
+    report = setup["report"]
+    assert report.n_done == 10 and report.n_failed == 1 and report.failures[0][0] == "broken"
+    assert report.fingerprint == setup["comp"].fingerprint
+    again = cxr_embed.extract(setup["with_bad"], CompositeEmbedding(LABEL, weights=setup["weights"]), setup["store"],
+                              workers=0, progress=False)
+    assert again.n_done == 0 and again.n_cached == 10 and again.n_failed == 1
+
+
+def test_the_parts_store_may_not_be_the_target(setup, tmp_path):
+    comp = CompositeEmbedding("mobilenet_v2@32|40", weights=setup["weights"], parts_store=tmp_path / "t.h5")
+    with pytest.raises(cxr_embed.BackboneError, match="must not be its target"):
+        cxr_embed.extract(setup["manifest"], comp, tmp_path / "t.h5", workers=0, progress=False)
+
+
+def test_a_fused_search_bundle_predicts_from_the_command_line(setup, tmp_path, capsys):
+    """cxr-embed extract --backbone LABEL writes the group a searched pipeline's bundle predicts on."""
+    from sklearn.linear_model import LogisticRegression
+
+    from cxr_embed.cli import main
+    from cxr_embed.transfer.search import SearchedPipeline
+
+    comp, m = setup["comp"], setup["manifest"]
+    ids, X = EmbeddingStore(setup["store"], mode="r").load(comp.fingerprint)
+    y = m.set_index("image_id").loc[ids, "opacity"].to_numpy()
+    pipe = SearchedPipeline(embedding=comp.embedding, classifier="logreg", estimator=LogisticRegression().fit(X, y),
+                            best_params={}, fingerprint=comp.fingerprint, label="opacity",
+                            _backbone_kwargs={"weights": setup["weights"]})
+    assert pipe.extractor().fingerprint == comp.fingerprint
+    bundle = pipe.save(tmp_path / "bundle")
+    csv = tmp_path / "m.csv"
+    m.to_csv(csv, index=False)
+    rc = main(["extract", "--manifest", str(csv), "--backbone", LABEL, "--weights", setup["weights"],
+               "--store", str(tmp_path / "new.h5"), "--workers", "0", "--no-progress", "--json"])
+    assert rc == 0, capsys.readouterr()
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_done"] == 10
+    rc = main(["predict", "--model", str(bundle), "--store", str(tmp_path / "new.h5"), "--manifest", str(csv),
+               "--out", str(tmp_path / "p.csv")])
+    assert rc == 0, capsys.readouterr()
+    got = pd.read_csv(tmp_path / "p.csv").set_index("image_id")
+    want = pipe.predict_proba(m, setup["store"], workers=0).set_index("image_id")["proba"]
+    np.testing.assert_allclose(got.loc[want.index, "opacity"].to_numpy(), want.to_numpy(), rtol=1e-5)
+    assert main(["extract", "--manifest", str(csv), "--backbone", LABEL, "--input-size", "64",
+                 "--store", str(tmp_path / "x.h5")]) == 2
+    assert "cannot be combined with an embedding label" in capsys.readouterr().err
