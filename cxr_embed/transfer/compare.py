@@ -361,10 +361,29 @@ def _certain(df: pd.DataFrame, labels: list[str]) -> np.ndarray:
     return np.where(np.isin(raw, (0.0, 1.0)), raw, np.nan)
 
 
+def _is_composite(spec) -> bool:
+    return (isinstance(spec, str) and "@" in spec) or bool(getattr(spec, "composite", False))
+
+
 def _backbone(spec):
+    """A name -> Backbone, an embedding label -> CompositeEmbedding, an object as it is."""
     from ..embed.backbones import Backbone
 
+    if isinstance(spec, str) and _is_composite(spec):
+        from ..embed.composite import CompositeEmbedding
+
+        return CompositeEmbedding(spec)
     return Backbone(spec) if isinstance(spec, str) else spec
+
+
+def _cnn(backbones):
+    """The CNN that stacking and fine-tuning train: the first single backbone of ``backbones``."""
+    for spec in backbones:
+        if not _is_composite(spec):
+            return _backbone(spec)
+    raise ValueError("stacking and fine-tuning train one CNN, but every entry of backbones is a composite embedding "
+                     f"({[getattr(b, 'name', b) for b in backbones]}); fix: add a single backbone, e.g. "
+                     "'efficientnet_lite0', or run approaches=('embeddings',)")
 
 
 def _prepare_images(df: pd.DataFrame, size: tuple[int, int], resize: str) -> np.ndarray:
@@ -470,7 +489,7 @@ def compare_transfer(
         Target labels (a comma-separated string is split); None: ``target.attrs["labels"]``.
     source : DataFrame or path, optional
         A source manifest. When given and ``source_models`` is not, one source CNN is trained
-        on it: the first of ``backbones`` (ImageNet weights), all layers of the last
+        on it: the first single backbone of ``backbones`` (ImageNet weights), all layers of the last
         ``trainable_layers`` trainable, a sigmoid head over ``source_labels``
         (:func:`cxr_embed.transfer.finetuning.finetune`); it is saved in ``out`` when ``out`` is given.
     source_models : list of keras.Model, .keras paths or FineTuneResult, optional
@@ -478,10 +497,13 @@ def compare_transfer(
         written by ``finetune(..., out="src.keras")`` on CheXpert. Approach 1 uses the
         concatenation of their outputs on the target images as meta-features; approach 3
         fine-tunes each of them. With neither ``source`` nor ``source_models``, approach 1 is
-        skipped (with a warning) and approach 3 fine-tunes the first backbone from its ImageNet
+        skipped (with a warning) and approach 3 fine-tunes the first single backbone from its ImageNet
         weights.
-    backbones : list of str or Backbone, default=("efficientnet_lite0",)
-        Embedding backbones of approach 2 (names for :class:`cxr_embed.Backbone`).
+    backbones : list of str, Backbone or CompositeEmbedding, default=("efficientnet_lite0",)
+        Embedding backbones of approach 2: names for :class:`cxr_embed.Backbone`, or embedding
+        labels such as :data:`cxr_embed.DEFAULT_EMBEDDING` for a
+        :class:`~cxr_embed.embed.composite.CompositeEmbedding` (multi-size, fused). Stacking and
+        fine-tuning train the first single backbone among them.
     store : EmbeddingStore or path, optional
         Embedding cache; missing images are extracted once, cached ones are never recomputed.
         Default ``<out>/embeddings.h5``, or a temporary file when ``out`` is None.
@@ -701,7 +723,7 @@ def compare_transfer(
         src_labels = _labels_of(src, source_labels, "source")
         if set(src["patient_id"].astype(str)) & set(groups):
             raise LeakageError("source and target manifests share patient ids; the source CNN would have seen target patients")
-        bb = _backbone(backbones[0])
+        bb = _cnn(backbones)
         t = time.perf_counter()
         src_images = _Images(src).get(bb.input_size, bb.resize)
         res = finetune(bb, src, src_labels, policy=policy, images=src_images, random_state=seeds["src"],
@@ -750,7 +772,7 @@ def compare_transfer(
         if sources:
             bodies = [(f"fine-tuned {s.name}", s.backbone()) for s in sources]
         else:
-            bb = _backbone(backbones[0])
+            bb = _cnn(backbones)
             bodies = [(f"fine-tuned {bb.name} (ImageNet init)", bb)]
             notes.append("No source CNN given: approach 3 fine-tunes the ImageNet backbone directly.")
         for name, body in bodies:
