@@ -39,6 +39,9 @@ _LAZY = {
     "extract": "cxr_embed.embed.extraction",
     "ExtractionReport": "cxr_embed.embed.extraction",
     "ImageView": "cxr_embed.embed.views",
+    "CompositeEmbedding": "cxr_embed.embed.composite",
+    "parse_embedding": "cxr_embed.embed.composite",
+    "DEFAULT_EMBEDDING": "cxr_embed.embed.composite",
     # labels, classifiers, validation, metrics
     "apply_uncertainty": "cxr_embed.learn.labels",
     "make_classifier": "cxr_embed.learn.classifiers",

@@ -13,9 +13,12 @@ Stages (each timed; the wall times are printed at the end):
 1. synthetic source site "A" and target site "B" written as DICOM (``make_demo_sites``; site B is
    stored MONOCHROME1, CR, noisier, with half AP views), plus a small external site "C";
 2. the three manifests loaded with ``load_manifest``;
-3. efficientnet_lite0 ImageNet embeddings (offline weights) cached in ``<out>/embeddings.h5``;
-   a second run finds them in the cache and embeds nothing;
-4. classical classifiers on the target embeddings with patient-grouped 5-fold CV (AUC + 95 % CI);
+3. embeddings cached in ``<out>/embeddings.h5``: the library's default embedding
+   ([`DEFAULT_EMBEDDING`][cxr_embed.DEFAULT_EMBEDDING]: EfficientNet-Lite0 at 224/320/448 px fused
+   with Lite1 at 224/320 px, chosen by the pipeline search) and efficientnet_lite0 at 224 px, the
+   single CNN that is fine-tuned and explained (offline ImageNet weights); a second run finds them
+   in the cache and embeds nothing;
+4. classical classifiers on the target's default embeddings with patient-grouped 5-fold CV (AUC + 95 % CI);
 5. stacking of two classifiers (out-of-fold, patient-grouped);
 6. the paper's three-way comparison ([`compare_transfer`][cxr_embed.compare_transfer]: stacking of
    the source CNN's outputs / embeddings + classifiers with simple and entropy-weighted averaging /
@@ -70,7 +73,11 @@ def _parse(argv):
     p.add_argument("--n-target", type=int, default=120, help="target-site images (default 120, 2 per patient)")
     p.add_argument("--n-external", type=int, default=60, help="external-site images (default 60)")
     p.add_argument("--size", type=int, default=256, help="synthetic image size in pixels (default 256)")
-    p.add_argument("--backbone", default="efficientnet_lite0", help="backbone name (default efficientnet_lite0)")
+    p.add_argument("--backbone", default="efficientnet_lite0",
+                   help="the single CNN: fine-tuned, the source of stacking, explained (default efficientnet_lite0)")
+    p.add_argument("--embedding", default=None,
+                   help="embedding of the classifier stages, beside --backbone in the comparison (default: the "
+                        "library's default, cxr_embed.DEFAULT_EMBEDDING; 'none': --backbone's only)")
     p.add_argument("--weights", default="imagenet", help="'imagenet' (offline for efficientnet_lite*) or 'none'")
     p.add_argument("--input-size", type=int, default=None, help="CNN input size (default the backbone's)")
     p.add_argument("--folds", type=int, default=5, help="patient-grouped folds (default 5)")
@@ -141,12 +148,17 @@ def main(argv=None) -> int:
     with stage("3. embeddings (cached)"):
         weights = None if args.weights.lower() == "none" else args.weights
         bb = cxr_embed.Backbone(args.backbone, weights=weights, input_size=args.input_size)
+        label = cxr_embed.DEFAULT_EMBEDDING if args.embedding is None else args.embedding
+        emb = None if label.lower() == "none" else cxr_embed.CompositeEmbedding(label, weights=weights)
         store = cxr_embed.EmbeddingStore(out / "embeddings.h5")
-        for key, df in manifests.items():
-            rep = cxr_embed.extract(df, bb, store, progress=False)
-            print(f"   {key:8s} {rep.n_done} embedded ({rep.images_per_second:.0f} images/s), {rep.n_cached} from cache")
-        _, X = store.load(bb, target["image_id"].astype(str))
-        print(f"   {bb.name} {bb.input_size}: X {X.shape} in {store.path}")
+        for what in ([emb] if emb is not None else []) + [bb]:
+            for key, df in manifests.items():
+                rep = cxr_embed.extract(df, what, store, progress=False)
+                print(f"   {key:8s} {rep.n_done} embedded ({rep.images_per_second:.1f} images/s), {rep.n_cached} "
+                      f"from cache: {what.name}")
+        main_emb = emb if emb is not None else bb
+        _, X = store.load(main_emb, target["image_id"].astype(str))
+        print(f"   {main_emb.name}: X {X.shape} in {store.path}")
 
     with stage("4. classifiers, patient-grouped CV"):
         rows = []
@@ -172,7 +184,7 @@ def main(argv=None) -> int:
 
     with stage("6. three-way comparison (stacking / embeddings / fine-tuning)"):
         result = cxr_embed.compare_transfer(
-            target, LABELS, source=source, backbones=[bb], store=store,
+            target, LABELS, source=source, backbones=[bb] + ([emb] if emb is not None else []), store=store,
             classifiers=("logreg", ("random_forest", cxr_embed.make_classifier("random_forest", n_estimators=100,
                                                                                 random_state=args.seed))),
             external=external, n_splits=args.folds, n_bootstrap=args.n_bootstrap, random_state=args.seed,
@@ -220,7 +232,7 @@ def _saliency(result, bb, target, site_dir: Path, out: Path, n: int) -> dict:
     j = LABELS.index(label)
     ids, masks = load_masks(site_dir)
     mask_of = dict(zip(ids, masks[label]))
-    logreg = next(k for k, f in result.families.items() if f == "embeddings" and k.endswith("+ logreg"))
+    logreg = f"{bb.name} + logreg"  # Grad-CAM needs one CNN: the logreg on the single backbone's embeddings
     cnn = next((k for k, f in result.families.items() if f == "fine-tuning"), None)
     score = result.oof[logreg][:, j]
     positives = np.flatnonzero(result.y_true[:, j] == 1)

@@ -13,6 +13,7 @@ from conftest import ROOT, SHARED_DATA
 
 EXAMPLES = ROOT / "examples"
 TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--input-size", "32"]
+TINY_EMBEDDING = ["--embedding", "mobilenet_v2@32 + mobilenet_v2@40"]  # the demo's default is five real passes
 
 
 def _run(script: str, *args: str, timeout: int = 600) -> str:
@@ -58,10 +59,13 @@ def test_external_validation(tmp_path):
 
 
 def test_demo_quick(tmp_path):
-    out = _run("demo.py", "--quick", "--out", str(tmp_path), *TINY)
+    out = _run("demo.py", "--quick", "--out", str(tmp_path), *TINY, *TINY_EMBEDDING)
     for stage in ("1. synthetic sites", "3. embeddings", "5. stacking", "6. three-way comparison", "8. report"):
         assert stage in out
     assert "stacking" in out and "fine-tuned" in out and "entropy-weighted" in out
+    # the classifier stages use the composite embedding; the comparison has a row for each embedding
+    assert "mobilenet_v2@32 + mobilenet_v2@40: X (36, 2560)" in out
+    assert "mobilenet_v2@32 + mobilenet_v2@40 + logreg" in out and "mobilenet_v2 + logreg" in out
     assert (tmp_path / "report" / "index.html").is_file()
     assert (tmp_path / "timings.csv").is_file()
     assert list((tmp_path / "saliency").glob("*_gradcam.png"))
@@ -76,7 +80,7 @@ def test_demo_report_in_a_headless_browser(tmp_path):
     browser = find_chromium()
     if browser is None:
         pytest.skip("no Chromium installed (apt-get install chromium)")
-    _run("demo.py", "--quick", "--out", str(tmp_path), "--n-explain", "2", *TINY)
+    _run("demo.py", "--quick", "--out", str(tmp_path), "--n-explain", "2", *TINY, *TINY_EMBEDDING)
     index = tmp_path / "report" / "index.html"
     page = inspect_page(index, tmp_path / "demo_report_1280x800.png", browser=browser)
     check_report(page)
@@ -89,12 +93,12 @@ def test_demo_report_in_a_headless_browser(tmp_path):
 @pytest.mark.slow
 def test_demo_second_run_reuses_data_and_embeddings(tmp_path):
     # pretrained (offline) weights: a random-weight backbone has a new fingerprint every run
-    lite = ["--backbone", "efficientnet_lite0", "--input-size", "32"]
+    lite = ["--backbone", "efficientnet_lite0", "--input-size", "32", "--embedding", "efficientnet_lite0@32|40"]
     _run("demo.py", "--quick", "--out", str(tmp_path), "--n-explain", "0", *lite)
     again = _run("demo.py", "--quick", "--out", str(tmp_path), "--n-explain", "0", *lite)
     assert "reusing" in again
     done = [int(n) for n in re.findall(r"(\d+) embedded \(", again)]
-    assert done == [0, 0, 0]
+    assert done == [0] * 6  # the composite embedding and the single backbone, three sites each
 
 
 @pytest.mark.parametrize("script", ["real_data_comparison.py", "real_data_classifiers.py"])

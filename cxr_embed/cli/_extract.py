@@ -32,10 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "embeddings to an HDF5 store. Ids already in the store are skipped, so re-running after "
                     "an interruption computes only what is missing.")
     p.add_argument("--manifest", required=True, help="dataset table or folder (anything load_manifest reads)")
-    p.add_argument("--backbone", required=True,
+    p.add_argument("--backbone", default=None,
                    help="backbone name (e.g. efficientnet_lite0, densenet121), a .keras model file, or an embedding "
-                        "label of several passes, e.g. 'efficientnet_lite0@224|320|448 + efficientnet_lite1@224|320' "
-                        "(multi-size means and fused backbones, as cxr-embed search names them)")
+                        "label of several passes, e.g. 'efficientnet_lite0@224|320 + efficientnet_lite1@240' "
+                        "(multi-size means and fused backbones, as cxr-embed search names them); default: the "
+                        "library's default embedding, 'efficientnet_lite0@224|320|448 + efficientnet_lite1@224|320' "
+                        "(five passes per image; efficientnet_lite0 is the one-pass alternative)")
     p.add_argument("--parts-store", default=None,
                    help="with an embedding label: where the single passes are cached (default <store>.parts.h5)")
     p.add_argument("--weights", default=None,
@@ -74,6 +76,10 @@ def _backbone(args):
     import cxr_embed
 
     tta = None if args.tta == "none" else args.tta
+    if args.backbone is None:
+        from cxr_embed.embed.composite import DEFAULT_EMBEDDING
+
+        args.backbone = DEFAULT_EMBEDDING
     weights: Any = "imagenet" if args.weights is None else args.weights
     if isinstance(weights, str) and weights.lower() == "none":
         weights = None
