@@ -19,7 +19,7 @@ import pandas as pd
 import cxr_embed as cx
 from cxr_embed.learn.clinical import clinical_frame, clinical_importance, with_clinical
 from cxr_embed.learn.harmonization import ComBat
-from cxr_embed.evaluate.metrics import roc_auc_ci, delong_test
+from cxr_embed.evaluate.metrics import delong_test
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--nih", default="/tmp/wt19_nih.h5")

@@ -82,3 +82,18 @@ def test_bench_manifests_runs_and_prints_json():
     (row,) = json.loads(out.stdout)["tables"]
     assert row["table"] == "google2019" and row["shape"][0] == 4376 and row["label_dtypes"] == ["float32"]
     assert row["cpu_s"] >= 0 and row["peak_rss_mib"] >= row["baseline_rss_mib"] > 0 and row["tracemalloc_peak_mib"] > 0
+
+
+@pytest.mark.slow
+def test_bench_localization_box_head_runs_and_prints_json():
+    from conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "nih_cxr14_pneumonia" / "bboxes.csv").is_file():
+        pytest.skip("../shared/data/nih_cxr14_pneumonia is not here")
+    cmd = [sys.executable, str(ROOT / "bench" / "localization_box_head.py"), "--bootstrap", "50"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CXR_EMBED_SHARED_DATA=str(SHARED_DATA))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result["n_images"] == 29 and 0 <= result["box_head"]["pointing"][0] <= 1
+    assert 0.5 < result["image_auc_max_cell"] <= 1 and result["differences"]

@@ -227,6 +227,22 @@ def parse_embedding(label: str) -> AnyConfig:
     return parts[0] if len(parts) == 1 else FusedConfig(tuple(parts))
 
 
+def is_composite(spec) -> bool:
+    """Whether ``spec`` (a name, a label or an object) stands for several passes."""
+    return (isinstance(spec, str) and "@" in spec) or bool(getattr(spec, "composite", False))
+
+
+def as_extractor(spec):
+    """What :func:`cxr_embed.extract` takes for ``spec``: a name -> Backbone, a label -> CompositeEmbedding."""
+    if isinstance(spec, str):
+        if is_composite(spec):
+            return CompositeEmbedding(spec)
+        from .backbones import Backbone
+
+        return Backbone(spec)
+    return spec
+
+
 class CompositeEmbedding:
     """A multi-size, flip-TTA or fused embedding that :func:`cxr_embed.extract` takes like a backbone.
 

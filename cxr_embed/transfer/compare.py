@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from ..exceptions import ClinicalDataError, LeakageError, ManifestError
+from ..embed.composite import as_extractor, is_composite
 from ._scoring import _add_delong, _evaluate
 
 __all__ = ["compare_transfer", "ComparisonResult", "SourceModel", "DEFAULT_FINETUNE_OPTIONS"]
@@ -361,26 +362,11 @@ def _certain(df: pd.DataFrame, labels: list[str]) -> np.ndarray:
     return np.where(np.isin(raw, (0.0, 1.0)), raw, np.nan)
 
 
-def _is_composite(spec) -> bool:
-    return (isinstance(spec, str) and "@" in spec) or bool(getattr(spec, "composite", False))
-
-
-def _backbone(spec):
-    """A name -> Backbone, an embedding label -> CompositeEmbedding, an object as it is."""
-    from ..embed.backbones import Backbone
-
-    if isinstance(spec, str) and _is_composite(spec):
-        from ..embed.composite import CompositeEmbedding
-
-        return CompositeEmbedding(spec)
-    return Backbone(spec) if isinstance(spec, str) else spec
-
-
 def _cnn(backbones):
     """The CNN that stacking and fine-tuning train: the first single backbone of ``backbones``."""
     for spec in backbones:
-        if not _is_composite(spec):
-            return _backbone(spec)
+        if not is_composite(spec):
+            return as_extractor(spec)
     raise ValueError("stacking and fine-tuning train one CNN, but every entry of backbones is a composite embedding "
                      f"({[getattr(b, 'name', b) for b in backbones]}); fix: add a single backbone, e.g. "
                      "'efficientnet_lite0', or run approaches=('embeddings',)")
@@ -669,7 +655,7 @@ def compare_transfer(
         store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
         members: list[str] = []
         for spec in backbones:
-            bb = _backbone(spec)
+            bb = as_extractor(spec)
             t = time.perf_counter()
             both = target if ext is None else pd.concat([target, ext], ignore_index=True)
             rep = extract(both[["image_id", "path"]], bb, store, batch_size=batch_size, progress=progress)

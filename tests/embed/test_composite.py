@@ -71,13 +71,15 @@ def test_a_bad_file_is_reported_once_and_a_rerun_computes_nothing(setup):
     report = setup["report"]
     assert report.n_done == 16 and report.n_failed == 1 and report.failures[0][0] == "broken"
     assert report.fingerprint == setup["comp"].fingerprint
-    again = cxr_embed.extract(setup["with_bad"], CompositeEmbedding(LABEL, weights=setup["weights"]), setup["store"],
-                              workers=0, progress=False)
+    again = cxr_embed.extract(setup["with_bad"], setup["comp"], setup["store"], workers=0, progress=False)
     assert again.n_done == 0 and again.n_cached == 16 and again.n_failed == 1
 
 
 def test_the_parts_store_may_not_be_the_target(setup, tmp_path):
-    comp = CompositeEmbedding("mobilenet_v2@32|40", weights=setup["weights"], parts_store=tmp_path / "t.h5")
+    import copy
+
+    comp = copy.copy(setup["comp"])  # its backbones, another parts store
+    comp.parts_store = tmp_path / "t.h5"
     with pytest.raises(cxr_embed.BackboneError, match="must not be its target"):
         cxr_embed.extract(setup["manifest"], comp, tmp_path / "t.h5", workers=0, progress=False)
 

@@ -121,6 +121,7 @@ def test_ray_gives_the_local_ids_and_bits_and_reports_failures(cluster, backbone
     assert "--engine ray" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 10 s: a second Ray worker set
 def test_worker_with_other_weights_is_refused_before_anything_is_written(cluster, tmp_path):
     import keras
 
@@ -140,6 +141,7 @@ def test_worker_with_other_weights_is_refused_before_anything_is_written(cluster
     assert store.ids(driver).size == 0 and not store.journal_dir.exists()
 
 
+@pytest.mark.slow  # 6 s
 def test_grouped_cv_on_ray_equals_n_jobs_1(cluster):
     import ray
     from sklearn.ensemble import RandomForestClassifier

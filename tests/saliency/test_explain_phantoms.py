@@ -197,6 +197,7 @@ def test_gradcam_through_a_linear_head_on_the_embeddings_points_into_the_lesion(
     assert rate >= MIN_HIT_RATE and rate >= 10 * _chance(lesion)
 
 
+@pytest.mark.slow  # 10 s; XGBoost's default is occlusion now, Score-CAM the alternative
 def test_scorecam_through_an_xgboost_pipeline_points_into_the_lesion(lesion, embeddings):
     bb, e_train, e_test = embeddings
     clf = make_classifier("xgboost", random_state=0, n_jobs=1).fit(e_train, lesion["y_train"])

@@ -117,6 +117,7 @@ def test_a_fused_pipeline_predicts_saves_and_names_what_it_cannot_do(searched, t
     json.dumps(res.settings, default=str)
 
 
+@pytest.mark.slow  # 9 s: a second search; parse_fuse and the grid are tested above
 def test_cli_search_takes_fuse(searched, tmp_path, capsys):
     from cxr_embed.cli import main
 
