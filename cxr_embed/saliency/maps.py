@@ -414,6 +414,13 @@ def _make_target(model, *, backbone, method, label, labels=None, layer=None, res
         return _cnn_target(model, label=label, labels=labels, method=method, layer=layer, resize=resize)
     if backbone is None:
         raise ValueError("explaining a classifier fitted on embeddings needs backbone=<the Backbone that made them>")
+    if getattr(backbone, "composite", False):
+        from ..exceptions import BackboneError
+
+        raise BackboneError(
+            f"{getattr(backbone, 'name', backbone)} is a composite embedding (several CNN passes); saliency maps "
+            "explain a classifier on one CNN's embeddings; fix: fit the classifier to explain on a single backbone's "
+            "embeddings (e.g. Backbone('efficientnet_lite0'), cxr-embed extract --backbone efficientnet_lite0)")
     _check_fingerprint(model, backbone)
     return _pipeline_target(backbone, model, label=label, method=method, layer=layer)
 

@@ -114,6 +114,12 @@ def test_a_fused_search_bundle_predicts_from_the_command_line(setup, tmp_path, c
     assert main(["extract", "--manifest", str(csv), "--backbone", LABEL, "--input-size", "64",
                  "--store", str(tmp_path / "x.h5")]) == 2
     assert "cannot be combined with an embedding label" in capsys.readouterr().err
+    # saliency explains one CNN: a model on a composite embedding is refused with the fix, not a crash
+    assert main(["explain", "--model", str(bundle), "--store", str(setup["store"]), "--image", m["path"].iloc[0],
+                 "--out", str(tmp_path / "sal")]) == 2
+    assert "composite embedding" in capsys.readouterr().err
+    with pytest.raises(cxr_embed.BackboneError, match="composite embedding.*single backbone"):
+        cxr_embed.explain(m["path"].iloc[0], pipe.estimator, backbone=comp)
 
 
 def test_compare_transfer_takes_a_composite_for_the_embeddings_approach(setup):
