@@ -123,7 +123,8 @@ class _Embeddings:
     def __init__(self, store, backbone_kwargs: dict, extract_kwargs: dict, backbones: dict | None = None):
         from .store import EmbeddingStore
 
-        self.store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store, mode="a")
+        # store=None: fingerprints and backbones only (nothing can be extracted)
+        self.store = store if store is None or isinstance(store, EmbeddingStore) else EmbeddingStore(store, mode="a")
         self.backbone_kwargs = dict(backbone_kwargs)
         self.extract_kwargs = {"progress": False, **extract_kwargs}
         self._backbones: dict = {} if backbones is None else backbones  # shared: one object per configuration
@@ -287,7 +288,7 @@ class CompositeEmbedding:
         self.backbone_kwargs = dict(backbone_kwargs)
         self._backbones: dict = {}
         self.name = self.embedding.label
-        cache = self._cache(None)
+        cache = _Embeddings(None, self.backbone_kwargs, {}, backbones=self._backbones)
         self.fingerprint = cache.fingerprint(self.embedding)
         passes = {(p.backbone, s, p.layer): cache.backbone(p.backbone, s, p.layer)
                   for p in self.embedding.parts for s in p.sizes}
@@ -296,13 +297,6 @@ class CompositeEmbedding:
         self.config = {"format": "cxr_embed.composite", "format_version": 1, "name": self.name,
                        "embedding": self.embedding.to_dict(), "dim": self.dim, "fingerprint": self.fingerprint,
                        "parts": [bb.config for bb in passes.values()]}
-
-    def _cache(self, store):
-        if store is None:  # only fingerprints and backbones, no store touched
-            obj = _Embeddings.__new__(_Embeddings)
-            obj.backbone_kwargs, obj._backbones = self.backbone_kwargs, self._backbones
-            return obj
-        return _Embeddings(store, self.backbone_kwargs, {}, backbones=self._backbones)
 
     def _parts_path(self, store) -> Path:
         if self.parts_store is not None:

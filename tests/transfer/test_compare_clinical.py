@@ -163,7 +163,7 @@ def test_cli_compare_takes_clinical_columns(sites, tmp_path, capsys, monkeypatch
     from cxr_embed.cli import main
 
     bb = _tiny_backbone()
-    monkeypatch.setattr(compare_mod, "_backbone", lambda spec: bb)  # no ImageNet download in tests
+    monkeypatch.setattr(compare_mod, "as_extractor", lambda spec: bb)  # no ImageNet download in tests
     target_csv = sites["root"] / "target" / "labels.csv"
     common = ["compare", "--target", str(target_csv), "--labels", "opacity", "--backbones", "tiny",
               "--classifiers", "logreg", "--approaches", "embeddings", "--cv", "3", "--n-bootstrap", "20"]
