@@ -5,7 +5,7 @@ The whole method on the embedded synthetic default, offline: ``make demo``.
 
 Usage:
 
-    python examples/demo.py --out demo_output            # the default (about 5 minutes on 2 cores)
+    python examples/demo.py --out demo_output            # the default (about 4.5 minutes on 2 cores)
     python examples/demo.py --out /tmp/d --quick          # a smoke run with tiny sizes
 
 Stages (each timed; the wall times are printed at the end):
