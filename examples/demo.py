@@ -25,7 +25,7 @@ Stages (each timed; the wall times are printed at the end):
    fine-tuning of the source CNN) on the same folds, with external validation on site C;
 7. saliency overlays (the default ``method="auto"`` per model kind) of a few true positives, with the
    true lesion outlined and the pointing result in the caption: through the logistic regression on
-   Lite0 embeddings and through the fine-tuned CNN;
+   the default embeddings (the sum of its passes' class activation maps) and through the fine-tuned CNN;
 8. the HTML report: a summary sentence per setting and a forest plot first, then the tables,
    ROC and calibration curves, the best approach's metrics and the overlays in a grid.
 """
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
     overlays = {}
     with stage("7. saliency (default explanation on true positives, lesion outlined)"):
         try:
-            overlays = _saliency(result, bb, target, paths["target"].parent, out / "saliency", args.n_explain)
+            overlays = _saliency(result, bb, main_emb, target, paths["target"].parent, out / "saliency", args.n_explain)
         except Exception as e:  # noqa: BLE001 - the demo goes on without overlays, saying why
             print(f"   saliency skipped: {type(e).__name__}: {e}")
 
@@ -223,8 +223,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def _saliency(result, bb, target, site_dir: Path, out: Path, n: int) -> dict:
-    """Default explanations of the logreg on embeddings and of the fine-tuned CNN for the most confident true positives."""
+def _saliency(result, bb, emb, target, site_dir: Path, out: Path, n: int) -> dict:
+    """Default explanations of the logreg on the default embeddings and of the fine-tuned CNN for the most
+    confident true positives (a composite embedding's logreg: the sum of its passes' class activation maps)."""
     import cxr_embed
     from cxr_embed.datasets import load_masks
 
@@ -232,7 +233,7 @@ def _saliency(result, bb, target, site_dir: Path, out: Path, n: int) -> dict:
     j = LABELS.index(label)
     ids, masks = load_masks(site_dir)
     mask_of = dict(zip(ids, masks[label]))
-    logreg = f"{bb.name} + logreg"  # Grad-CAM needs one CNN: the logreg on the single backbone's embeddings
+    logreg = f"{emb.name} + logreg"
     cnn = next((k for k, f in result.families.items() if f == "fine-tuning"), None)
     score = result.oof[logreg][:, j]
     positives = np.flatnonzero(result.y_true[:, j] == 1)
@@ -242,7 +243,7 @@ def _saliency(result, bb, target, site_dir: Path, out: Path, n: int) -> dict:
     for i in chosen:
         row = target.iloc[i]
         contour = mask_of.get(str(row["image_id"]))
-        for kind, model, kw in (("logreg", result.models[logreg], {"backbone": bb}),
+        for kind, model, kw in (("logreg", result.models[logreg], {"backbone": emb}),
                                 ("finetuned", result.models[cnn] if cnn else None,
                                  {"labels": LABELS, "resize": bb.resize})):
             if model is None:
@@ -253,7 +254,7 @@ def _saliency(result, bb, target, site_dir: Path, out: Path, n: int) -> dict:
                 hit = cxr_embed.pointing_game(s, contour)
                 caption = (f"peak {'inside' if hit else 'outside'} the lesion | energy in lesion "
                            f"{cxr_embed.energy_in_mask(s, contour):.2f} (area {contour.mean():.3f})")
-            who = f"logreg on {bb.name} embeddings" if kind == "logreg" else "fine-tuned CNN"
+            who = f"logreg on {emb.name} embeddings" if kind == "logreg" else "fine-tuned CNN"
             png = cxr_embed.save_overlay(s, out / f"{row['image_id']}_{kind}_{s.method}.png", contour=contour,
                                          title=f"{s.method} | {label} | p={s.score:.2f} | {who}", caption=caption)
             region = "; white outline: the true lesion" if contour is not None else ""

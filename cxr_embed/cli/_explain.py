@@ -162,12 +162,10 @@ def _bundle_backbone(args: argparse.Namespace, bundle: Any):
                     f"{[k[:12] for k in groups]}); fix: pass --store with the store the bundle was fitted from, "
                     "or --backbone options")
             config, origin = groups[fp]["config"], f"the record in {store_path}"
-        if config.get("format") == "cxr_embed.composite":
-            raise cxr_embed.BackboneError(
-                f"{args.model} was fitted on a composite embedding ({config.get('name')}: several CNN passes, e.g. "
-                "the default of cxr-embed extract); saliency maps explain a classifier on one CNN's embeddings; fix: "
-                "extract with --backbone efficientnet_lite0 (or another single backbone), fit on that store and "
-                "explain that model")
+        if config.get("format") == "cxr_embed.composite":  # several passes (cxr-embed extract's default)
+            from cxr_embed.embed.composite import CompositeEmbedding
+
+            return CompositeEmbedding.from_config(config)
         try:  # the fingerprint is checked below, against the bundle's, with the CLI's own hint
             backbone = cxr_embed.Backbone.from_config(config, check_fingerprint=False)
         except (cxr_embed.BackboneError, cxr_embed.WeightsError) as e:

@@ -269,7 +269,8 @@ class CompositeEmbedding:
         this configuration, so its bundle predicts on this group.
     config : dict
         ``format`` ``"cxr_embed.composite"``, the ``embedding`` (``to_dict``), the ``parts``
-        (each pass's backbone config), ``dim`` and ``fingerprint``.
+        (each pass's backbone config), ``backbone_kwargs``, ``dim`` and ``fingerprint``;
+        :meth:`from_config` rebuilds the object from it.
 
     Examples
     --------
@@ -292,11 +293,57 @@ class CompositeEmbedding:
         self.fingerprint = cache.fingerprint(self.embedding)
         passes = {(p.backbone, s, p.layer): cache.backbone(p.backbone, s, p.layer)
                   for p in self.embedding.parts for s in p.sizes}
-        self.dim = int(sum(cache.backbone(p.backbone, p.sizes[0], p.layer).dim for p in self.embedding.parts))
+        self.dim = int(sum(self.part_dims()))
         self.input_size = None
         self.config = {"format": "cxr_embed.composite", "format_version": 1, "name": self.name,
                        "embedding": self.embedding.to_dict(), "dim": self.dim, "fingerprint": self.fingerprint,
+                       "backbone_kwargs": {k: (str(v) if isinstance(v, Path) else v)
+                                           for k, v in self.backbone_kwargs.items()},
                        "parts": [bb.config for bb in passes.values()]}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "CompositeEmbedding":
+        """Rebuild from :attr:`config` (e.g. a store group's record), checking the fingerprint.
+
+        Raises
+        ------
+        FingerprintMismatchError
+            The rebuilt passes differ from the recorded ones (other weights, another version).
+        """
+        from ..exceptions import FingerprintMismatchError
+
+        if config.get("format") != "cxr_embed.composite":
+            raise BackboneError(f"not a composite embedding's config (format {config.get('format')!r})")
+        obj = cls(config["name"], **dict(config.get("backbone_kwargs") or {}))
+        if obj.fingerprint != config.get("fingerprint"):
+            raise FingerprintMismatchError(
+                f"the composite embedding {config['name']!r} rebuilt here has fingerprint {obj.fingerprint[:12]}... "
+                f"but the record says {str(config.get('fingerprint'))[:12]}...; fix: the same weights files and "
+                "backbone options as at extraction time")
+        return obj
+
+    def passes(self) -> list[dict]:
+        """Every forward pass of one image, in the order the parts are concatenated.
+
+        Returns
+        -------
+        list of dict
+            ``backbone`` (a :class:`~cxr_embed.Backbone`), ``flip`` (the prepared image mirrored),
+            ``part`` (index into :attr:`embedding`'s parts) and ``weight`` (the pass's share of its
+            part's mean: 1 / (sizes x views)).
+        """
+        out = []
+        for k, part in enumerate(self.embedding.parts):
+            views = (False, True) if part.tta == "flip" else (False,)
+            for size in part.sizes:
+                bb = self._backbones[(part.backbone, size, part.layer)]
+                out += [{"backbone": bb, "flip": f, "part": k, "weight": 1.0 / (len(part.sizes) * len(views))}
+                        for f in views]
+        return out
+
+    def part_dims(self) -> list[int]:
+        """Width of each part of the concatenation (a multi-size part has its backbone's width)."""
+        return [int(self._backbones[(p.backbone, p.sizes[0], p.layer)].dim) for p in self.embedding.parts]
 
     def _parts_path(self, store) -> Path:
         if self.parts_store is not None:

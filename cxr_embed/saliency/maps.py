@@ -394,6 +394,11 @@ def explain(image_or_path, model, *, backbone=None, method: str = "auto", label=
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     method = resolve_method(model, method)
     image, path = _load(image_or_path)
+    if getattr(backbone, "composite", False) and not _is_keras_model(model):  # several passes: their summed CAMs
+        from .composite_cam import composite_cam
+
+        _check_fingerprint(model, backbone)
+        return composite_cam(image, path, model, backbone, label=label, method=method)
 
     members = None if _is_keras_model(model) else _ensemble_members(model, backbone)
     if members is not None:
@@ -414,13 +419,6 @@ def _make_target(model, *, backbone, method, label, labels=None, layer=None, res
         return _cnn_target(model, label=label, labels=labels, method=method, layer=layer, resize=resize)
     if backbone is None:
         raise ValueError("explaining a classifier fitted on embeddings needs backbone=<the Backbone that made them>")
-    if getattr(backbone, "composite", False):
-        from ..exceptions import BackboneError
-
-        raise BackboneError(
-            f"{getattr(backbone, 'name', backbone)} is a composite embedding (several CNN passes); saliency maps "
-            "explain a classifier on one CNN's embeddings; fix: fit the classifier to explain on a single backbone's "
-            "embeddings (e.g. Backbone('efficientnet_lite0'), cxr-embed extract --backbone efficientnet_lite0)")
     _check_fingerprint(model, backbone)
     return _pipeline_target(backbone, model, label=label, method=method, layer=layer)
 
@@ -695,7 +693,8 @@ def explain_manifest(manifest, model, out_dir, *, backbone=None, method: str = "
     opts = {"faster_n": 32, "smooth_samples": 20, "smooth_noise": 0.2, "batch_size": 32, **opts}
     method = resolve_method(model, method)
     ensemble = None if _is_keras_model(model) else _ensemble_members(model, backbone)
-    target = None if ensemble else _make_target(model, backbone=backbone, method=method, label=label, **kwargs)
+    target = None if ensemble or getattr(backbone, "composite", False) else \
+        _make_target(model, backbone=backbone, method=method, label=label, **kwargs)
     for image_id, path in zip(df["image_id"], df["path"]):
         safe = str(image_id).replace("/", "_").replace("\\", "_")
         try:
@@ -732,7 +731,8 @@ class _Explainer:
                      "batch_size": batch_size}
         self.layer = layer
         members = None if _is_keras_model(model) else _ensemble_members(model, backbone)
-        self.target = None if members else _make_target(model, backbone=backbone, method=self.method, label=label,
+        composite = getattr(backbone, "composite", False)
+        self.target = None if members or composite else _make_target(model, backbone=backbone, method=self.method, label=label,
                                                          labels=labels, layer=layer, resize=resize)
 
     def __call__(self, image, path=None) -> Saliency:

@@ -22,6 +22,7 @@ LABEL = "mobilenet_v2@32|40 + mobilenet_v2@48+flip"
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("composite")
     weights = root / "mnv2.weights.h5"
+    keras.utils.set_random_seed(0)
     keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
     ds = make_synthetic_cxr(16, site="A", size=48, seed=4, images_per_patient=2)
     manifest = cxr_embed.load_manifest(write_dataset(ds, root / "data", format="png"))
@@ -114,12 +115,10 @@ def test_a_fused_search_bundle_predicts_from_the_command_line(setup, tmp_path, c
     assert main(["extract", "--manifest", str(csv), "--backbone", LABEL, "--input-size", "64",
                  "--store", str(tmp_path / "x.h5")]) == 2
     assert "cannot be combined with an embedding label" in capsys.readouterr().err
-    # saliency explains one CNN: a model on a composite embedding is refused with the fix, not a crash
+    # the bundle is explained from the command line: the composite is rebuilt from the store's record
     assert main(["explain", "--model", str(bundle), "--store", str(setup["store"]), "--image", m["path"].iloc[0],
-                 "--out", str(tmp_path / "sal")]) == 2
-    assert "composite embedding" in capsys.readouterr().err
-    with pytest.raises(cxr_embed.BackboneError, match="composite embedding.*single backbone"):
-        cxr_embed.explain(m["path"].iloc[0], pipe.estimator, backbone=comp)
+                 "--out", str(tmp_path / "sal")]) == 0, capsys.readouterr()
+    assert list((tmp_path / "sal").glob("*_gradcam.png"))
 
 
 def test_compare_transfer_takes_a_composite_for_the_embeddings_approach(setup):
@@ -131,3 +130,52 @@ def test_compare_transfer_takes_a_composite_for_the_embeddings_approach(setup):
     assert any("cache" in n and LABEL in n for n in res.notes)
     with pytest.raises(ValueError, match="train one CNN"):
         cxr_embed.compare_transfer(m, ["opacity"], backbones=[LABEL], approaches=("fine-tuning",), n_splits=2)
+
+
+def test_the_cam_of_a_linear_head_on_a_composite_is_its_grad_cam_for_one_pass(setup):
+    """One pass: the summed CAM equals Grad-CAM (= CAM for a linear head); several: a map and the right score."""
+    from sklearn.linear_model import LogisticRegression
+
+    m, w = setup["manifest"], setup["weights"]
+    path = m["path"].iloc[0]
+    single = CompositeEmbedding("mobilenet_v2@96", weights=w)  # 3 x 3 cells
+    bb = Backbone("mobilenet_v2", weights=w, input_size=96)
+    assert single.fingerprint != bb.fingerprint  # a composite group is its own group
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 1280)).astype(np.float32) + 1.0
+    y = (X[:, :8].sum(axis=1) > 8).astype(int)
+    est = cxr_embed.make_classifier("logreg").fit(X, y)
+    from cxr_embed.io.images import read_image
+    from cxr_embed.saliency._heads import linear_head
+    from cxr_embed.saliency.composite_cam import pass_cells
+
+    if pass_cells(read_image(path)[0], linear_head(est, 1280)[0][:, 0], single)[0][0].max() <= 0:
+        est = cxr_embed.make_classifier("logreg").fit(X, 1 - y)  # a map with positive evidence to compare
+    cam = cxr_embed.explain(path, est, backbone=single)
+    grad = cxr_embed.explain(path, est, backbone=bb, method="gradcam")
+    assert cam.method == "gradcam" and cam.map.shape == grad.map.shape
+    # the same evidence; the two differ only in where they resample (tf-keras-vis zooms the rectified cells)
+    assert np.corrcoef(cam.map.ravel(), grad.map.ravel())[0, 1] > 0.85
+    assert cam.score == pytest.approx(grad.score, abs=1e-4)
+    # the three-pass, flipped and fused composite: a map over the image and the estimator's own score
+    comp = setup["comp"]
+    ids, Xc = EmbeddingStore(setup["store"], mode="r").load(comp.fingerprint)
+    yc = m.set_index("image_id").loc[ids, "opacity"].to_numpy()
+    clf = LogisticRegression(max_iter=2000).fit(Xc, yc)
+    s = cxr_embed.explain(path, clf, backbone=comp)
+    i = list(ids).index(m["image_id"].iloc[0])
+    assert s.map.shape == s.image.shape and 0 <= s.map.min() and s.map.max() == pytest.approx(1.0)
+    assert s.score == pytest.approx(clf.predict_proba(Xc[i:i + 1])[0, 1], abs=1e-3)
+    # exact: the cells of every pass add up to the logit minus the intercept
+    W, b = linear_head(clf, comp.dim)
+    cells, emb = pass_cells(read_image(path)[0], W[:, 0], comp)
+    assert len(cells) == 4 and emb.shape == (comp.dim,)
+    np.testing.assert_allclose(sum(c.mean() for c in cells), emb @ W[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(emb, Xc[i], rtol=2e-3, atol=2e-3)  # read_prepared vs read_image + prepare
+    from sklearn.neural_network import MLPClassifier
+
+    mlp = MLPClassifier(hidden_layer_sizes=(8,), max_iter=50, random_state=0).fit(Xc, yc)
+    with pytest.raises(cxr_embed.BackboneError, match="not a linear model"):
+        cxr_embed.explain(path, mlp, backbone=comp, method="gradcam")
+    with pytest.raises(cxr_embed.BackboneError, match="class activation map"):
+        cxr_embed.explain(path, clf, backbone=comp, method="occlusion")
