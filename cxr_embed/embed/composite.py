@@ -269,7 +269,8 @@ class CompositeEmbedding:
         this configuration, so its bundle predicts on this group.
     config : dict
         ``format`` ``"cxr_embed.composite"``, the ``embedding`` (``to_dict``), the ``parts``
-        (each pass's backbone config), ``backbone_kwargs``, ``dim`` and ``fingerprint``;
+        (each pass's backbone config, which holds the weights and every option), ``dim`` and
+        ``fingerprint``; the same embedding built with equivalent arguments has the same config.
         :meth:`from_config` rebuilds the object from it.
 
     Examples
@@ -286,8 +287,8 @@ class CompositeEmbedding:
         if not isinstance(self.embedding, (EmbeddingConfig, FusedConfig)):
             raise TypeError(f"embedding is a label, an EmbeddingConfig or a FusedConfig, got {type(embedding).__name__}")
         self.parts_store = parts_store
+        self._backbones: dict = backbone_kwargs.pop("_backbones", None) or {}  # from_config: the passes, rebuilt
         self.backbone_kwargs = dict(backbone_kwargs)
-        self._backbones: dict = {}
         self.name = self.embedding.label
         cache = _Embeddings(None, self.backbone_kwargs, {}, backbones=self._backbones)
         self.fingerprint = cache.fingerprint(self.embedding)
@@ -297,8 +298,6 @@ class CompositeEmbedding:
         self.input_size = None
         self.config = {"format": "cxr_embed.composite", "format_version": 1, "name": self.name,
                        "embedding": self.embedding.to_dict(), "dim": self.dim, "fingerprint": self.fingerprint,
-                       "backbone_kwargs": {k: (str(v) if isinstance(v, Path) else v)
-                                           for k, v in self.backbone_kwargs.items()},
                        "parts": [bb.config for bb in passes.values()]}
 
     @classmethod
@@ -311,10 +310,17 @@ class CompositeEmbedding:
             The rebuilt passes differ from the recorded ones (other weights, another version).
         """
         from ..exceptions import FingerprintMismatchError
+        from .backbones import Backbone
 
         if config.get("format") != "cxr_embed.composite":
             raise BackboneError(f"not a composite embedding's config (format {config.get('format')!r})")
-        obj = cls(config["name"], **dict(config.get("backbone_kwargs") or {}))
+        embedding = parse_embedding(config["name"])
+        keys = list(dict.fromkeys((p.backbone, s, p.layer) for p in embedding.parts for s in p.sizes))
+        if len(keys) != len(config.get("parts") or []):
+            raise BackboneError(f"the record of {config['name']!r} lists {len(config.get('parts') or [])} passes, "
+                                f"its label {len(keys)}; the record is damaged")
+        passes = {k: Backbone.from_config(pc) for k, pc in zip(keys, config["parts"])}  # each checks its fingerprint
+        obj = cls(embedding, _backbones=passes)
         if obj.fingerprint != config.get("fingerprint"):
             raise FingerprintMismatchError(
                 f"the composite embedding {config['name']!r} rebuilt here has fingerprint {obj.fingerprint[:12]}... "

@@ -179,3 +179,18 @@ def test_the_cam_of_a_linear_head_on_a_composite_is_its_grad_cam_for_one_pass(se
         cxr_embed.explain(path, mlp, backbone=comp, method="gradcam")
     with pytest.raises(cxr_embed.BackboneError, match="class activation map"):
         cxr_embed.explain(path, clf, backbone=comp, method="occlusion")
+
+
+def test_equivalent_arguments_and_the_record_give_the_same_group(setup):
+    from pathlib import Path
+
+    comp, store = setup["comp"], EmbeddingStore(setup["store"], mode="r")
+    again = CompositeEmbedding(LABEL, weights=Path(setup["weights"]))  # a Path instead of a str
+    assert again.config == comp.config and again.fingerprint == comp.fingerprint
+    record = store.info()["backbones"][comp.fingerprint]["config"]
+    rebuilt = CompositeEmbedding.from_config(record)
+    assert rebuilt.config == comp.config
+    np.testing.assert_array_equal(store.load(rebuilt)[1], store.load(comp)[1])  # the store accepts it as the writer
+    damaged = {**record, "parts": record["parts"][:1]}
+    with pytest.raises(cxr_embed.BackboneError, match="damaged"):
+        CompositeEmbedding.from_config(damaged)
