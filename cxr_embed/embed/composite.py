@@ -188,8 +188,6 @@ class _Embeddings:
         return np.asarray(ids), X.astype(np.float32, copy=False)
 
 
-
-
 _PART = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)@(?P<sizes>\d+(?:\|\d+)*)(?:/(?P<layer>[^+\s]+))?(?P<flip>\+flip)?$")
 
 
@@ -229,7 +227,7 @@ def parse_embedding(label: str) -> AnyConfig:
 
 
 def is_composite(spec) -> bool:
-    """Whether ``spec`` (a name, a label or an object) stands for several passes."""
+    """Whether ``spec`` is an embedding label (``name@size...``) or a CompositeEmbedding, not one backbone."""
     return (isinstance(spec, str) and "@" in spec) or bool(getattr(spec, "composite", False))
 
 
