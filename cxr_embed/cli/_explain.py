@@ -165,12 +165,13 @@ def _bundle_backbone(args: argparse.Namespace, bundle: Any):
         if config.get("format") == "cxr_embed.composite":  # several passes (cxr-embed extract's default)
             from cxr_embed.embed.composite import CompositeEmbedding
 
-            return CompositeEmbedding.from_config(config)
-        try:  # the fingerprint is checked below, against the bundle's, with the CLI's own hint
-            backbone = cxr_embed.Backbone.from_config(config, check_fingerprint=False)
-        except (cxr_embed.BackboneError, cxr_embed.WeightsError) as e:
-            raise type(e)(f"{e}; or pass --backbone NAME/MODEL.keras (with --layer/--pooling/--preprocess as at "
-                          "extraction time)") from e
+            backbone = CompositeEmbedding.from_config(config)
+        else:
+            try:  # the fingerprint is checked below, against the bundle's, with the CLI's own hint
+                backbone = cxr_embed.Backbone.from_config(config, check_fingerprint=False)
+            except (cxr_embed.BackboneError, cxr_embed.WeightsError) as e:
+                raise type(e)(f"{e}; or pass --backbone NAME/MODEL.keras (with --layer/--pooling/--preprocess as at "
+                              "extraction time)") from e
     if backbone.fingerprint != fp:
         raise cxr_embed.FingerprintMismatchError(
             f"the backbone rebuilt from {origin} has fingerprint {backbone.fingerprint[:12]}... but {args.model} was "

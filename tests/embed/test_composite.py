@@ -119,6 +119,12 @@ def test_a_fused_search_bundle_predicts_from_the_command_line(setup, tmp_path, c
     assert main(["explain", "--model", str(bundle), "--store", str(setup["store"]), "--image", m["path"].iloc[0],
                  "--out", str(tmp_path / "sal")]) == 0, capsys.readouterr()
     assert list((tmp_path / "sal").glob("*_gradcam.png"))
+    # the default workflow: extract (a composite), fit, explain with what the fitted bundle records
+    assert main(["fit", "--store", str(tmp_path / "new.h5"), "--manifest", str(csv), "--labels", "opacity",
+                 "--cv", "0", "--out", str(tmp_path / "fitted")]) == 0, capsys.readouterr()
+    assert main(["explain", "--model", str(tmp_path / "fitted"), "--image", m["path"].iloc[0],
+                 "--out", str(tmp_path / "sal2")]) == 0, capsys.readouterr()
+    assert list((tmp_path / "sal2").glob("*_gradcam.png"))
 
 
 def test_compare_transfer_takes_a_composite_for_the_embeddings_approach(setup):
