@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CXR_EMBED_SHARED_DATA", ROOT.parent / "shared" / "data"))
+from _nih_boxes import ci, load_boxed
 
 
 def _cell_cover(mask: np.ndarray, n: int = 7) -> np.ndarray:
@@ -51,14 +48,12 @@ def main() -> None:
     import cxr_embed as cx
     from cxr_embed.io.boxes import boxes_to_mask
 
-    folder = SHARED / "nih_cxr14_pneumonia"
-    if not (folder / "bboxes.csv").is_file():
-        print(json.dumps({"error": f"{folder} not found (set CXR_EMBED_SHARED_DATA)"}))
-        return
     t0 = time.perf_counter()
-    m = cx.load_manifest(folder / "labels.csv")
+    loaded = load_boxed()
+    if loaded is None:
+        return
+    m, boxes = loaded
     mm = m.set_index("image_id")
-    boxes = cx.load_boxes(folder / "bboxes.csv", finding="pneumonia", image_size=m)
     bb = cx.Backbone("efficientnet_lite0", input_size=224)
     feat = keras.Model(bb.model.input, bb.model.get_layer(bb.feature_layer).output)
     ids = m["image_id"].astype(str).tolist()
@@ -102,15 +97,12 @@ def main() -> None:
         score = [cells(full, i).max() for i in evaluated]
         auc = roc_auc_score(mm.loc[evaluated, "pneumonia"].astype(int), score)
 
-    def ci(metric, name="explanation"):
-        return [round(float(v), 3) for v in r.value(metric, name)]
-
     diff = r.differences
     out = {"n_images": len(maps), "n_patients": int(patient.nunique()), "positive_cells_per_fit": int(np.median(n_pos)),
            "negative_cells": int(len(X_neg)), "cells_per_image": n_cells,
-           "box_head": {"pointing": ci("pointing"), "energy": ci("energy"), "iou": ci("iou")},
-           "lung_prior": {"pointing": ci("pointing", "lungs"), "energy": ci("energy", "lungs")},
-           "random": {"pointing": ci("pointing", "random"), "energy": ci("energy", "random")},
+           "box_head": {"pointing": ci(r, "pointing"), "energy": ci(r, "energy"), "iou": ci(r, "iou")},
+           "lung_prior": {"pointing": ci(r, "pointing", "lungs"), "energy": ci(r, "energy", "lungs")},
+           "random": {"pointing": ci(r, "pointing", "random"), "energy": ci(r, "energy", "random")},
            "differences": diff.round(3).to_dict(orient="records"),
            "image_auc_max_cell": round(float(auc), 3), "n_auc_images": len(evaluated),
            "seconds": round(time.perf_counter() - t0, 1)}

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CXR_EMBED_SHARED_DATA", ROOT.parent / "shared" / "data"))
+from _nih_boxes import ci, load_boxed
 
 
 def main() -> None:
@@ -33,12 +31,10 @@ def main() -> None:
     import cxr_embed as cx
     from cxr_embed.embed.composite import _Embeddings
 
-    folder = SHARED / "nih_cxr14_pneumonia"
-    if not (folder / "bboxes.csv").is_file():
-        print(json.dumps({"error": f"{folder} not found (set CXR_EMBED_SHARED_DATA)"}))
+    boxed = load_boxed()
+    if boxed is None:
         return
-    m = cx.load_manifest(folder / "labels.csv")
-    boxes = cx.load_boxes(folder / "bboxes.csv", finding="pneumonia", image_size=m)
+    m, boxes = boxed
     comp = cx.CompositeEmbedding(cx.DEFAULT_EMBEDDING)
     store = args.store or str(Path(tempfile.mkdtemp()) / "passes.h5")
     t0 = time.perf_counter()
@@ -50,9 +46,9 @@ def main() -> None:
         clf = cx.make_classifier("logreg").fit(X, y)
         r = cx.evaluate_localization(clf, m, boxes, backbone=comp, n_bootstrap=args.bootstrap)
     out = {"embedding": cx.DEFAULT_EMBEDDING, "method": r.method,
-           "explanation": {k: [round(v, 3) for v in r.value(k)] for k in ("pointing", "energy", "iou")}}
+           "explanation": {k: ci(r, k) for k in ("pointing", "energy", "iou")}}
     for base in ("lungs", "random", "centre"):
-        out[base] = {k: [round(v, 3) for v in r.value(k, base)] for k in ("pointing", "energy")}
+        out[base] = {k: ci(r, k, base) for k in ("pointing", "energy")}
     out["differences"] = r.differences.round(3).to_dict(orient="records")
     out["seconds"] = {"embed": round(embed_s, 1), "explain": round(time.perf_counter() - t0, 1)}
     print(json.dumps(out))

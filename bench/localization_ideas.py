@@ -20,18 +20,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CXR_EMBED_SHARED_DATA", ROOT.parent / "shared" / "data"))
-
-
-def _ci(r, metric="pointing", map_name="explanation"):
-    return [round(float(v), 3) for v in r.value(metric, map_name)]
+from _nih_boxes import ci as _ci
+from _nih_boxes import load_boxed
 
 
 def main() -> None:
@@ -48,12 +43,10 @@ def main() -> None:
 
     import cxr_embed as cx
 
-    folder = SHARED / "nih_cxr14_pneumonia"
-    if not (folder / "bboxes.csv").is_file():
-        print(json.dumps({"error": f"{folder} not found (set CXR_EMBED_SHARED_DATA)"}))
+    boxed = load_boxed(scaled=False)
+    if boxed is None:
         return
-    m = cx.load_manifest(folder / "labels.csv")
-    boxes = cx.load_boxes(folder / "bboxes.csv", finding="pneumonia")
+    m, boxes = boxed
     bb = cx.Backbone("efficientnet_lite0", input_size=224)
     store_path = args.store or str(Path(tempfile.mkdtemp()) / "emb.h5")
     cx.extract(m, bb, store_path, progress=False)

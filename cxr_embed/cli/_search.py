@@ -2,8 +2,9 @@
 
 Runs :func:`cxr_embed.search_pipeline` and writes the ranked table (``search.csv``), the settings,
 wall times and the chosen pipeline (``search.json``) and the chosen pipeline refitted on all
-internal images as a model bundle (``best_model/``, usable by ``cxr-embed predict`` for a single
-input size; a multi-size or fused pipeline predicts through ``SearchedPipeline.predict_proba``).
+internal images as a model bundle (``best_model/``: ``cxr-embed predict`` reads it on a store written
+by ``cxr-embed extract --backbone`` with the chosen backbone, or with its embedding label for a
+multi-size or fused pipeline).
 """
 from __future__ import annotations
 

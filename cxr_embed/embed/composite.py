@@ -226,6 +226,11 @@ def parse_embedding(label: str) -> AnyConfig:
     return parts[0] if len(parts) == 1 else FusedConfig(tuple(parts))
 
 
+def _pass_keys(embedding: AnyConfig) -> list[tuple]:
+    """(backbone, size, layer) of every distinct backbone pass, in concatenation order (mirrors share one)."""
+    return list(dict.fromkeys((p.backbone, s, p.layer) for p in embedding.parts for s in p.sizes))
+
+
 def is_composite(spec) -> bool:
     """Whether ``spec`` is an embedding label (``name@size...``) or a CompositeEmbedding, not one backbone."""
     return (isinstance(spec, str) and "@" in spec) or bool(getattr(spec, "composite", False))
@@ -288,15 +293,14 @@ class CompositeEmbedding:
         self._backbones: dict = backbone_kwargs.pop("_backbones", None) or {}  # from_config: the passes, rebuilt
         self.backbone_kwargs = dict(backbone_kwargs)
         self.name = self.embedding.label
-        cache = _Embeddings(None, self.backbone_kwargs, {}, backbones=self._backbones)
-        self.fingerprint = cache.fingerprint(self.embedding)
-        passes = {(p.backbone, s, p.layer): cache.backbone(p.backbone, s, p.layer)
-                  for p in self.embedding.parts for s in p.sizes}
+        # the fingerprint hashes every pass's backbone, so computing it builds those not given
+        self.fingerprint = _Embeddings(None, self.backbone_kwargs, {}, backbones=self._backbones).fingerprint(
+            self.embedding)
         self.dim = int(sum(self.part_dims()))
         self.input_size = None
         self.config = {"format": "cxr_embed.composite", "format_version": 1, "name": self.name,
                        "embedding": self.embedding.to_dict(), "dim": self.dim, "fingerprint": self.fingerprint,
-                       "parts": [bb.config for bb in passes.values()]}
+                       "parts": [self._backbones[k].config for k in _pass_keys(self.embedding)]}
 
     @classmethod
     def from_config(cls, config: dict) -> "CompositeEmbedding":
@@ -313,7 +317,7 @@ class CompositeEmbedding:
         if config.get("format") != "cxr_embed.composite":
             raise BackboneError(f"not a composite embedding's config (format {config.get('format')!r})")
         embedding = parse_embedding(config["name"])
-        keys = list(dict.fromkeys((p.backbone, s, p.layer) for p in embedding.parts for s in p.sizes))
+        keys = _pass_keys(embedding)
         if len(keys) != len(config.get("parts") or []):
             raise BackboneError(f"the record of {config['name']!r} lists {len(config.get('parts') or [])} passes, "
                                 f"its label {len(keys)}; the record is damaged")

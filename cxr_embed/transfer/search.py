@@ -128,6 +128,11 @@ class SearchedPipeline:
         return Backbone(self.embedding.backbone, input_size=size, layer=self.embedding.layer, tta=self.embedding.tta,
                         **self._backbone_kwargs)
 
+    @property
+    def _one_pass(self) -> bool:
+        """One backbone at one input size (a Backbone makes its input; otherwise a CompositeEmbedding)."""
+        return isinstance(self.embedding, EmbeddingConfig) and len(self.embedding.sizes) == 1
+
     def extractor(self):
         """What :func:`cxr_embed.extract` takes to embed images as this pipeline does.
 
@@ -141,10 +146,11 @@ class SearchedPipeline:
         """
         from ..embed.composite import CompositeEmbedding
 
-        if isinstance(self.embedding, EmbeddingConfig) and len(self.embedding.sizes) == 1:
+        if self._one_pass:
             return self.backbone()
         self._check_rebuildable()
-        return CompositeEmbedding(self.embedding, **self._backbone_kwargs)
+        # the search's backbones, where this process still holds them (the same keys), are not built again
+        return CompositeEmbedding(self.embedding, _backbones=dict(self._backbones), **self._backbone_kwargs)
 
     def embed(self, manifest, store, **extract_kwargs) -> tuple[np.ndarray, np.ndarray]:
         """Embed a manifest's images as this pipeline does (extracting what the store lacks).
@@ -182,8 +188,7 @@ class SearchedPipeline:
         """
         from ..learn.persistence import save_model
 
-        single = isinstance(self.embedding, EmbeddingConfig) and len(self.embedding.sizes) == 1
-        fp = self.backbone().fingerprint if single else self.fingerprint
+        fp = self.backbone().fingerprint if self._one_pass else self.fingerprint
         return save_model(path, self.estimator, labels=[self.label], backbone_fingerprint=fp, manifest=manifest,
                           metrics=metrics, key=key, overwrite=overwrite,
                           extra={"search": {"embedding": self.embedding.to_dict(), "classifier": self.classifier,

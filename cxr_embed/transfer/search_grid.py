@@ -6,11 +6,10 @@ Every backbone x input size x layer x TTA option, the per-backbone multi-resolut
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from itertools import combinations, product
 
-from ..embed.composite import AnyConfig, EmbeddingConfig, FusedConfig
+from ..embed.composite import AnyConfig, EmbeddingConfig, FusedConfig, parse_embedding
 
 __all__ = ["parse_fuse"]
 
@@ -93,5 +92,4 @@ def parse_fuse(text: Sequence[str] | str | None):
     items = [text] if isinstance(text, str) else list(text)
     if items == ["backbones"]:
         return "backbones"
-    # labels hold "+flip" without spaces; the parts of a group are separated by " + "
-    return [[s for s in re.split(r"\s+\+\s+", item.strip()) if s] for item in items]
+    return [[part.label for part in parse_embedding(item).parts] for item in items]
