@@ -353,6 +353,47 @@ class CompositeEmbedding:
         """Width of each part of the concatenation (a multi-size part has its backbone's width)."""
         return [int(self._backbones[(p.backbone, p.sizes[0], p.layer)].dim) for p in self.embedding.parts]
 
+    def embed_images(self, images, *, batch_size: int = 32) -> np.ndarray:
+        """Composite embeddings of decoded images, computed in memory (nothing cached).
+
+        What explanation code needs to run the whole pipeline on perturbed copies of an image
+        (occlusion, deletion curves). :meth:`extract_into` computes the same rows from files
+        (each pass decoding straight to its input size, within 0.01 grey levels of
+        :meth:`Backbone.prepare <cxr_embed.Backbone.prepare>`).
+
+        Parameters
+        ----------
+        images : ndarray of shape (n, H, W) or (n, H, W, 1), or a sequence of (H, W) arrays
+            Grey images in [0, 1] (as :func:`cxr_embed.read_image` returns); sizes may differ.
+        batch_size : int, default 32
+            Images per forward pass.
+
+        Returns
+        -------
+        ndarray of shape (n, dim), float32
+            Each part the weighted mean of its passes, parts concatenated (as in the store).
+
+        Examples
+        --------
+        >>> emb = CompositeEmbedding("mobilenet_v2@32|40", weights=None)  # doctest: +SKIP
+        >>> emb.embed_images(np.zeros((2, 50, 40))).shape                 # doctest: +SKIP
+        (2, 1280)
+        """
+        imgs = [np.asarray(im, np.float32) for im in images]
+        imgs = [im[..., 0] if im.ndim == 3 and im.shape[-1] == 1 else im for im in imgs]
+        if any(im.ndim != 2 for im in imgs):
+            raise BackboneError(f"{self.name}: embed_images takes grey images (H, W) in [0, 1]; got shapes "
+                                f"{sorted({im.shape for im in imgs})}")
+        dims = self.part_dims()
+        parts = [np.zeros((len(imgs), d), np.float64) for d in dims]
+        for p in self.passes():
+            bb = p["backbone"]
+            x = np.stack([bb.prepare(im) for im in imgs])
+            if p["flip"]:
+                x = x[:, :, ::-1]
+            parts[p["part"]] += p["weight"] * bb.embed(np.ascontiguousarray(x), batch_size=batch_size)
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
     def _parts_path(self, store) -> Path:
         if self.parts_store is not None:
             return Path(self.parts_store)

@@ -72,15 +72,16 @@ def composite_cam(image: np.ndarray, path, estimator, composite, *, label=None, 
 
     if method != "gradcam":
         raise BackboneError(f"a classifier on a composite embedding ({composite.name}) is explained by its class "
-                            f"activation map (method='gradcam' or 'auto'), not {method!r}")
+                            f"activation map (method='gradcam' or 'auto') or by occlusion (method='occlusion'), "
+                            f"not {method!r}")
     est, name, _ = _unwrap(estimator, label)
     passes = composite.passes()
     head = linear_head(est, int(sum(composite.part_dims())))
     if head is None:
         raise BackboneError(
-            f"{type(est).__name__} is not a linear model on the embeddings, and a classifier on a composite embedding "
-            f"({composite.name}) is explained by its class activation map only; fix: explain a linear classifier "
-            "(make_classifier('logreg')), or a model fitted on one backbone's embeddings (occlusion, Score-CAM)")
+            f"{type(est).__name__} is not a linear model on the embeddings of {composite.name}, so it has no class "
+            "activation map; fix: method='occlusion' (the default for such classifiers), which runs every pass on "
+            "occluded copies of the image")
     W, _ = head
     w = W.mean(axis=1)  # the mean logit of a calibrated ensemble; the logit itself for logistic regression
     total = np.zeros(image.shape, np.float64)

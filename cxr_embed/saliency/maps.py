@@ -394,10 +394,14 @@ def explain(image_or_path, model, *, backbone=None, method: str = "auto", label=
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     method = resolve_method(model, method)
     image, path = _load(image_or_path)
-    if getattr(backbone, "composite", False) and not _is_keras_model(model):  # several passes: their summed CAMs
-        from .composite_cam import composite_cam
-
+    if getattr(backbone, "composite", False) and not _is_keras_model(model):  # several passes
         _check_fingerprint(model, backbone)
+        if method == "occlusion":  # any classifier: the whole pipeline on occluded copies
+            from .composite_occlusion import composite_occlusion
+
+            return composite_occlusion(image, path, model, backbone, label=label, batch_size=batch_size)
+        from .composite_cam import composite_cam  # a linear head: the exact sum of the passes' CAMs
+
         return composite_cam(image, path, model, backbone, label=label, method=method)
 
     members = None if _is_keras_model(model) else _ensemble_members(model, backbone)
@@ -744,6 +748,10 @@ class _Explainer:
     def deletion(self, image, saliency: Saliency, rng, *, steps: int = 20) -> dict:
         from .faithfulness import deletion_auc, random_saliency
 
+        if getattr(self.backbone, "composite", False) and not _is_keras_model(self.model):
+            from .composite_occlusion import composite_deletion
+
+            return composite_deletion(image, saliency, self.model, self.backbone, rng, label=self.label, steps=steps)
         if self.target is None or saliency.input_map is None:
             return {"deletion_auc": np.nan, "random_deletion_auc": np.nan}
         x = prepare_image(image, self.target.input_size, mode=self.target.resize)
