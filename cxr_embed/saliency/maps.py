@@ -353,8 +353,11 @@ def explain(image_or_path, model, *, backbone=None, method: str = "auto", label=
         (binary, :class:`cxr_embed.MultiLabelClassifier`, a search object, a loaded bundle), or a
         :class:`cxr_embed.StackedEnsemble` / :class:`cxr_embed.AveragingEnsemble` whose members were
         fitted on the embeddings of ``backbone[k]``.
-    backbone : Backbone or list of Backbone, optional
+    backbone : Backbone or CompositeEmbedding or list of Backbone, optional
         Required for classifiers (the backbone whose embeddings they were fitted on) and ensembles.
+        A :class:`cxr_embed.CompositeEmbedding` (e.g. :data:`cxr_embed.DEFAULT_EMBEDDING`'s): a linear
+        classifier gets the sum of its passes' class activation maps, any classifier occlusion
+        through every pass.
     method : {"auto", "gradcam", "gradcam++", "layercam", "layercam-stages", "scorecam", "faster-scorecam", \
 "smoothgrad", "occlusion"}, default "auto"
         ``"auto"`` picks by model kind (:data:`AUTO_METHODS`, :func:`resolve_method`). Gradient
