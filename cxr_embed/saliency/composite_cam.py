@@ -22,7 +22,7 @@ import weakref
 import numpy as np
 
 from ..exceptions import BackboneError
-from ..io.preprocessing import prepare_image, restore_map
+from ..io.preprocessing import restore_map
 
 __all__: list[str] = []  # reached through cxr_embed.explain
 
@@ -114,8 +114,6 @@ def pass_cells(image: np.ndarray, w: np.ndarray, composite) -> tuple[list[np.nda
         ``sum_p cells_p.mean() == w . embedding``.
     embedding : ndarray of shape (dim,)
     """
-    from .maps import _resize_mode
-
     dims = composite.part_dims()
     offsets = np.concatenate([[0], np.cumsum(dims)])
     pooled = [np.zeros(d, np.float64) for d in dims]
@@ -125,7 +123,7 @@ def pass_cells(image: np.ndarray, w: np.ndarray, composite) -> tuple[list[np.nda
         if (bb.config or {}).get("pooling", "avg") != "avg":
             raise BackboneError(f"{bb.name}: the CAM decomposition needs average pooling, not "
                                 f"{bb.config.get('pooling')!r}")
-        x = prepare_image(image, tuple(bb.input_size), mode=_resize_mode(bb))
+        x = bb.prepare(image)  # its own size, resize mode and interpolation, as extraction prepares it
         if p["flip"]:
             x = x[:, ::-1]
         A = _feature_map(bb, x)

@@ -292,3 +292,17 @@ def test_equivalent_arguments_and_the_record_give_the_same_group(setup):
     with pytest.raises(cxr_embed.BackboneError, match="damaged"):
         CompositeEmbedding.from_config(damaged)
 
+
+def test_the_cam_prepares_each_pass_as_its_backbone_does(setup):
+    """A backbone's own interpolation (here bilinear, not the default area) is the one the CAM's passes see."""
+    from cxr_embed.saliency.composite_cam import pass_cells
+
+    rng = np.random.default_rng(1)
+    image = rng.random((97, 83)).astype(np.float32)  # noise: area and bilinear downscaling differ a lot
+    comp = CompositeEmbedding("mobilenet_v2@32 + mobilenet_v2@40+flip", weights=setup["weights"],
+                              interpolation="bilinear")
+    assert all(p["backbone"].interpolation == "bilinear" for p in comp.passes())
+    _, emb = pass_cells(image, np.zeros(comp.dim), comp)
+    np.testing.assert_allclose(emb, comp.embed_images([image])[0], rtol=1e-4, atol=1e-4)
+
+
