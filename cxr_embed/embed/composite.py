@@ -386,11 +386,12 @@ class CompositeEmbedding:
                                 f"{sorted({im.shape for im in imgs})}")
         dims = self.part_dims()
         parts = [np.zeros((len(imgs), d), np.float64) for d in dims]
+        prepared = (None, None)  # (backbone, its inputs): a mirrored pass follows its plain one and reuses them
         for p in self.passes():
             bb = p["backbone"]
-            x = np.stack([bb.prepare(im) for im in imgs])
-            if p["flip"]:
-                x = x[:, :, ::-1]
+            if prepared[0] is not bb:
+                prepared = (bb, np.stack([bb.prepare(im) for im in imgs]))
+            x = prepared[1][:, :, ::-1] if p["flip"] else prepared[1]
             parts[p["part"]] += p["weight"] * bb.embed(np.ascontiguousarray(x), batch_size=batch_size)
         return np.concatenate(parts, axis=1).astype(np.float32)
 
