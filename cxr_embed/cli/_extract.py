@@ -74,18 +74,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _backbone(args):
     import cxr_embed
+    from cxr_embed.embed.composite import DEFAULT_EMBEDDING, CompositeEmbedding, is_composite
 
     tta = None if args.tta == "none" else args.tta
     if args.backbone is None:
-        from cxr_embed.embed.composite import DEFAULT_EMBEDDING
-
         args.backbone = DEFAULT_EMBEDDING
     weights: Any = "imagenet" if args.weights is None else args.weights
     if isinstance(weights, str) and weights.lower() == "none":
         weights = None
-    if "@" in args.backbone:  # an embedding label: several passes combined
-        from cxr_embed.embed.composite import CompositeEmbedding
-
+    if is_composite(args.backbone):  # an embedding label: several passes combined
         given = [f for f, v in (("--layer", args.layer), ("--input-size", args.input_size), ("--tta", tta),
                                 ("--pooling", None if args.pooling == "avg" else args.pooling)) if v is not None]
         if given:
