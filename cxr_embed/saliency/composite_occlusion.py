@@ -85,25 +85,24 @@ def composite_occlusion(image: np.ndarray, path, estimator, composite, *, label=
     return Saliency(full, "occlusion", name, score, drop, image, path)
 
 
-def composite_deletion(image: np.ndarray, saliency, estimator, composite, rng, *, label=None,
-                       steps: int = 20) -> dict:
-    """Deletion AUC of a map of a composite pipeline and of one smooth random map, on the working image.
+def deletion_inputs(image: np.ndarray, saliency, estimator, composite, *, label=None):
+    """What a deletion curve of a composite pipeline runs on: (working image, map on it, proba).
 
     Returns
     -------
-    dict
-        ``deletion_auc`` and ``random_deletion_auc`` (lower = the score falls faster).
+    x : ndarray of shape (h, w)
+        :func:`work_image`.
+    map : ndarray of shape (h, w)
+        ``saliency.map`` resampled onto ``x``.
+    proba : callable
+        :func:`composite_proba` of the explained label's binary estimator.
     """
     from PIL import Image
 
-    from .faithfulness import deletion_auc, random_saliency
     from .maps import _unwrap
 
     est, _, _ = _unwrap(estimator, label)
     x = work_image(image, composite)
     h, w = x.shape
     m = np.asarray(Image.fromarray(np.asarray(saliency.map, np.float32)).resize((w, h), Image.BILINEAR))
-    rand = random_saliency((h, w), smooth=max(h, w) / 16.0, random_state=rng)
-    proba = composite_proba(est, composite)
-    kw = {"steps": steps, "baseline": 0.0}
-    return {"deletion_auc": deletion_auc(x, m, proba, **kw), "random_deletion_auc": deletion_auc(x, rand, proba, **kw)}
+    return x, m, composite_proba(est, composite)

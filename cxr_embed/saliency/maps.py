@@ -92,6 +92,11 @@ def _is_keras_model(obj) -> bool:
     return isinstance(obj, keras.Model)
 
 
+def _on_composite(model, backbone) -> bool:
+    """A classifier on a composite embedding (several passes; saliency/ cannot import embed/)."""
+    return bool(getattr(backbone, "composite", False)) and not _is_keras_model(model)
+
+
 def _resize_mode(backbone) -> str:
     mode = getattr(backbone, "resize", None)
     if mode is None:
@@ -397,7 +402,7 @@ def explain(image_or_path, model, *, backbone=None, method: str = "auto", label=
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     method = resolve_method(model, method)
     image, path = _load(image_or_path)
-    if getattr(backbone, "composite", False) and not _is_keras_model(model):  # several passes
+    if _on_composite(model, backbone):  # several passes
         _check_fingerprint(model, backbone)
         if method == "occlusion":  # any classifier: the whole pipeline on occluded copies
             from .composite_occlusion import composite_occlusion
@@ -700,7 +705,7 @@ def explain_manifest(manifest, model, out_dir, *, backbone=None, method: str = "
     opts = {"faster_n": 32, "smooth_samples": 20, "smooth_noise": 0.2, "batch_size": 32, **opts}
     method = resolve_method(model, method)
     ensemble = None if _is_keras_model(model) else _ensemble_members(model, backbone)
-    target = None if ensemble or getattr(backbone, "composite", False) else \
+    target = None if ensemble or _on_composite(model, backbone) else \
         _make_target(model, backbone=backbone, method=method, label=label, **kwargs)
     for image_id, path in zip(df["image_id"], df["path"]):
         safe = str(image_id).replace("/", "_").replace("\\", "_")
@@ -738,9 +743,9 @@ class _Explainer:
                      "batch_size": batch_size}
         self.layer = layer
         members = None if _is_keras_model(model) else _ensemble_members(model, backbone)
-        composite = getattr(backbone, "composite", False)
-        self.target = None if members or composite else _make_target(model, backbone=backbone, method=self.method, label=label,
-                                                         labels=labels, layer=layer, resize=resize)
+        self.composite = _on_composite(model, backbone)
+        self.target = None if members or self.composite else _make_target(
+            model, backbone=backbone, method=self.method, label=label, labels=labels, layer=layer, resize=resize)
 
     def __call__(self, image, path=None) -> Saliency:
         if self.target is None:
@@ -751,15 +756,16 @@ class _Explainer:
     def deletion(self, image, saliency: Saliency, rng, *, steps: int = 20) -> dict:
         from .faithfulness import deletion_auc, random_saliency
 
-        if getattr(self.backbone, "composite", False) and not _is_keras_model(self.model):
-            from .composite_occlusion import composite_deletion
+        if self.composite:  # on the image the passes are run on, through every pass
+            from .composite_occlusion import deletion_inputs
 
-            return composite_deletion(image, saliency, self.model, self.backbone, rng, label=self.label, steps=steps)
-        if self.target is None or saliency.input_map is None:
+            x, m, proba = deletion_inputs(image, saliency, self.model, self.backbone, label=self.label)
+        elif self.target is None or saliency.input_map is None:
             return {"deletion_auc": np.nan, "random_deletion_auc": np.nan}
-        x = prepare_image(image, self.target.input_size, mode=self.target.resize)
+        else:
+            x = prepare_image(image, self.target.input_size, mode=self.target.resize)
+            m, proba = saliency.input_map, self.target.proba
         h, w = x.shape[:2]
         rand = random_saliency((h, w), smooth=max(h, w) / 16.0, random_state=rng)
         kw = {"steps": steps, "baseline": 0.0}
-        return {"deletion_auc": deletion_auc(x, saliency.input_map, self.target.proba, **kw),
-                "random_deletion_auc": deletion_auc(x, rand, self.target.proba, **kw)}
+        return {"deletion_auc": deletion_auc(x, m, proba, **kw), "random_deletion_auc": deletion_auc(x, rand, proba, **kw)}
