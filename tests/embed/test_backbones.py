@@ -203,8 +203,10 @@ def test_from_keras_file_safe_mode_and_input_size(tiny, tmp_path):
 
 @pytest.fixture(scope="module")
 def mnv2_weights(tmp_path_factory):
+    from _random_nets import random_mobilenet_v2
+
     path = tmp_path_factory.mktemp("w") / "mnv2.weights.h5"
-    app = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
+    app = random_mobilenet_v2(0)  # O(1) features: a fresh MobileNetV2's are ~1e-11, below any tolerance
     app.save_weights(path)
     return path, app
 
@@ -214,7 +216,12 @@ def test_weights_path_round_trip(mnv2_weights):
     bb = Backbone("mobilenet_v2", weights=path, input_size=32)
     x = _batch(2, 32)
     expected = np.asarray(app(x / 127.5 - 1.0, training=False)).mean(axis=(1, 2))
-    np.testing.assert_allclose(bb.embed(x), expected, rtol=1e-4, atol=1e-5)
+    assert np.abs(expected).max() > 1.0  # features of a size a wrong weight or preparation would change
+    # float32 through ~50 layers: the backbone's graph and the bare application differ by ~1e-4 at most
+    # (measured 9.9e-5 on features up to 4.6); other weights differ by ~5, no weights by ~4.6
+    np.testing.assert_allclose(bb.embed(x), expected, rtol=1e-3, atol=5e-4)
+    other = Backbone("mobilenet_v2", weights=None, input_size=32)
+    assert np.abs(other.embed(x) - expected).max() > 0.1  # the comparison above can fail
     assert bb.config["weights"] == str(path)
     with pytest.raises(WeightsError, match="not found"):
         Backbone("mobilenet_v2", weights=path.parent / "nope.weights.h5", input_size=32)

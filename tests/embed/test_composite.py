@@ -14,24 +14,9 @@ from cxr_embed import Backbone, EmbeddingStore  # noqa: E402
 from cxr_embed.datasets import make_synthetic_cxr, write_dataset  # noqa: E402
 from cxr_embed.embed.composite import CompositeEmbedding, EmbeddingConfig, FusedConfig, parse_embedding  # noqa: E402
 from cxr_embed.embed.views import ImageView  # noqa: E402
+from _random_nets import random_mobilenet_v2  # noqa: E402
 
 LABEL = "mobilenet_v2@32|40 + mobilenet_v2@48+flip"
-
-
-def random_mobilenet_v2(seed: int = 0):
-    """MobileNetV2 (32 px, no top) with random weights and batch-norm statistics set from one batch.
-
-    Freshly initialised batch norms shrink its features to about 1e-11, where any absolute tolerance
-    holds for any input (wrong weights, another preparation); with statistics from a batch of inputs
-    in [-1, 1] (its preprocessed range) the features are O(1) and comparisons of them mean something.
-    """
-    keras.utils.set_random_seed(seed)
-    net = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
-    for layer in net.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.0  # the next training-mode call sets the statistics to the batch's
-    net(np.random.default_rng(seed).uniform(-1, 1, (32, 32, 32, 3)).astype("float32"), training=True)
-    return net
 
 
 @pytest.fixture(scope="module")
