@@ -97,3 +97,20 @@ def test_bench_localization_box_head_runs_and_prints_json():
     result = json.loads(out.stdout)
     assert result["n_images"] == 29 and 0 <= result["box_head"]["pointing"][0] <= 1
     assert 0.5 < result["image_auc_max_cell"] <= 1 and result["differences"]
+
+
+@pytest.mark.slow
+def test_bench_localization_finetuned_runs_and_prints_json():
+    from conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "nih_cxr14_pneumonia" / "bboxes.csv").is_file():
+        pytest.skip("../shared/data/nih_cxr14_pneumonia is not here")
+    cmd = [sys.executable, str(ROOT / "bench" / "localization_finetuned.py"), "--input-size", "96", "--epochs", "1",
+           "--trainable-layers", "2", "--methods", "auto", "--bootstrap", "50"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CXR_EMBED_SHARED_DATA=str(SHARED_DATA))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result["n_images"] == 29 and result["unfrozen_layers"] == 2 and 0 <= result["val_auc"] <= 1
+    assert 0 <= result["gradcam"]["pointing"][0] <= 1 and result["gradcam"]["deletion_auc"][0] > 0
+    assert 0 <= result["lungs"]["pointing"][0] <= 1 and result["seconds"]["finetune"] > 0
