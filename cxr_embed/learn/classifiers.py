@@ -542,7 +542,9 @@ def default_search_space(name: str) -> dict[str, list]:
 
 def _base_classifier(name: str, *, class_weight: Any, n_jobs: int | None, random_state: Any) -> tuple[Any, bool]:
     """(estimator, wants_scaling)."""
-    from sklearn import ensemble, linear_model, neighbors, neural_network, svm
+    from sklearn import ensemble, linear_model, neural_network, svm
+
+    from .neighbors import ClampedKNeighborsClassifier
 
     if name == "logreg":
         return linear_model.LogisticRegression(C=0.01, class_weight=class_weight, max_iter=5000,
@@ -555,8 +557,8 @@ def _base_classifier(name: str, *, class_weight: Any, n_jobs: int | None, random
         return GroupedCalibratedClassifierCV(svm.SVC(C=1.0, gamma="scale", class_weight=class_weight,
                                                      random_state=random_state), method="sigmoid", cv=3,
                                              ensemble=False, n_jobs=n_jobs), True
-    if name == "knn":
-        return neighbors.KNeighborsClassifier(n_neighbors=15, weights="distance", n_jobs=n_jobs), True
+    if name == "knn":  # every row votes when a (small, inner) training set has fewer than 15
+        return ClampedKNeighborsClassifier(n_neighbors=15, weights="distance", n_jobs=n_jobs), True
     if name == "random_forest":
         return ensemble.RandomForestClassifier(n_estimators=300, class_weight=class_weight, n_jobs=n_jobs,
                                                random_state=random_state), False
@@ -585,7 +587,7 @@ def make_classifier(name: str, *, search: str | None = None, cv: Any = 5, n_iter
     ``logreg``                 scale + LogisticRegression(C=0.01) (strongly regularised)
     ``linear_svm``             scale + GroupedCalibratedClassifierCV(LinearSVC(C=0.01), sigmoid)
     ``rbf_svm``                scale + GroupedCalibratedClassifierCV(SVC(rbf), sigmoid, ensemble=False)
-    ``knn``                    scale + KNeighborsClassifier(15, distance-weighted)
+    ``knn``                    scale + KNeighborsClassifier(15, distance-weighted; at most one per row)
     ``random_forest``          RandomForestClassifier(300 trees)
     ``extra_trees``            ExtraTreesClassifier(300 trees)
     ``hist_gradient_boosting`` HistGradientBoostingClassifier

@@ -19,6 +19,7 @@ from cxr_embed.learn.classifiers import (
     list_classifiers,
     make_classifier,
 )
+from cxr_embed.learn.neighbors import ClampedKNeighborsClassifier
 
 
 def _data(n=60, dim=8, seed=0):
@@ -204,7 +205,7 @@ def _expected_failed(estimator):
 
 @parametrize_with_checks(
     [XGBoostClassifier(n_estimators=3, max_depth=2, n_jobs=1, random_state=0),
-     MultiLabelClassifier(LogisticRegression())],
+     MultiLabelClassifier(LogisticRegression()), ClampedKNeighborsClassifier()],
 )
 def test_sklearn_estimator_checks(estimator, check):
     # Checks that do not apply by design are skipped with their reason, not run as xfail: pytest
@@ -319,3 +320,44 @@ def test_cross_validate_grouped_calibrates_within_training_patients():
     res = cross_validate_grouped(pipe, X, y, groups, n_splits=3, n_bootstrap=50, random_state=0)
     assert len(_RecordingSVC.seen) == 9 and _split_patients(groups, _RecordingSVC.seen) == []
     assert res.oof.shape[-1] >= 1
+
+
+# ----------------------------------------------------------------- kNN on fewer rows than neighbours
+def test_knn_fitted_on_fewer_rows_than_its_neighbours_lets_them_all_vote(caplog):
+    """Small data (an inner fold of a stack, a nested search) may hold fewer rows than n_neighbors=15:
+    every row votes, with a log line, instead of scikit-learn's ValueError at predict time."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(8, 5)), np.array([0, 1] * 4)
+    caplog.set_level("INFO", logger="cxr_embed")
+    clf = make_classifier("knn").fit(X, y)  # 15 neighbours, 8 rows
+    assert clf[-1].n_neighbors_ == 8 and "8 training rows" in caplog.text
+    p = clf.predict_proba(rng.normal(size=(3, 5)))
+    assert p.shape == (3, 2) and np.isfinite(p).all()
+    # uniform weights over all 8 rows: every query gets the class shares
+    np.testing.assert_allclose(make_classifier("knn", weights="uniform").fit(X, y).predict_proba(X)[:, 1], 0.5)
+    # enough rows: exactly scikit-learn's answer, and no log line
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X2, y2 = rng.normal(size=(40, 5)), np.array([0, 1] * 20)
+    caplog.clear()
+    ours = make_classifier("knn").fit(X2, y2)
+    theirs = make_pipeline(StandardScaler(), KNeighborsClassifier(15, weights="distance")).fit(X2, y2)
+    np.testing.assert_array_equal(ours.predict_proba(X2[:7]), theirs.predict_proba(X2[:7]))
+    assert ours[-1].n_neighbors_ == 15 and "training rows" not in caplog.text
+
+
+def test_a_stack_with_knn_runs_on_few_patients():
+    """The demo's stage 5 (logreg + kNN stacked, patient-grouped CV) with 2 outer folds of 36 images
+    ended in scikit-learn's 'Expected n_neighbors <= n_samples_fit' (found by `demo.py --quick --folds 2`)."""
+    from cxr_embed import StackedEnsemble, cross_validate_grouped
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(36, 6))
+    Y = np.stack([(X[:, 0] + rng.normal(0, 0.5, 36) > 0), (X[:, 1] > 0)], axis=1).astype(float)
+    groups = np.repeat(np.arange(18), 2).astype(str)
+    stack = StackedEnsemble([("logreg", make_classifier("logreg")), ("knn", make_classifier("knn"))],
+                            meta="logreg", cv=3, random_state=0)
+    cv = cross_validate_grouped(MultiLabelClassifier(stack), X, Y, groups, n_splits=2, random_state=0, n_bootstrap=20)
+    assert np.isfinite(cv.summary["auc"]).all()
