@@ -37,6 +37,7 @@ __all__ = [
     "StoreInputError",
     "LeakageError",
     "InvalidInputError",
+    "InsufficientDataError",
     "BundleIntegrityError",
     "NotOurFileError",
     "MissingDependencyError",
@@ -188,6 +189,10 @@ class LeakageError(CxrEmbedError, ValueError):
 
 class InvalidInputError(CxrEmbedError, ValueError):
     """An array or option given to an analysis is malformed (shape, NaN/inf, unknown choice)."""
+
+
+class InsufficientDataError(CxrEmbedError, ValueError):
+    """Too few patients, or too few of one class, for the folds an analysis needs; the message says how many."""
 
 
 class BundleIntegrityError(CxrEmbedError, ValueError):

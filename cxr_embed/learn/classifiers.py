@@ -31,6 +31,7 @@ from sklearn.utils import get_tags
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from .._utils import require
+from ..exceptions import InsufficientDataError
 from .labels import apply_uncertainty, normalize_policy, soft_to_weighted
 from .validation import GroupedRepeatedKFold
 
@@ -215,7 +216,10 @@ class GroupedCalibratedClassifierCV(CalibratedClassifierCV):
     ungrouped split puts a patient's images on both sides and calibrates on near-duplicates of
     training images, so the probabilities come out over-confident. Given ``groups`` (patient
     ids), this class uses :class:`~sklearn.model_selection.StratifiedGroupKFold` instead.
-    Without ``groups`` it is exactly ``CalibratedClassifierCV``.
+    Without ``groups`` it is ``CalibratedClassifierCV``. Either way, when the rarer class has fewer
+    patients (images, without ``groups``) than ``cv``, it calibrates on as many folds as there are
+    (at least 2; logged at INFO) instead of failing, and raises
+    :class:`~cxr_embed.exceptions.InsufficientDataError` below that.
 
     Parameters
     ----------
@@ -252,23 +256,32 @@ class GroupedCalibratedClassifierCV(CalibratedClassifierCV):
         -------
         self
         """
-        if groups is None or not isinstance(self.cv, numbers.Integral):
+        if not isinstance(self.cv, numbers.Integral):
             return super().fit(X, y, sample_weight=sample_weight, **fit_params)
         from sklearn.model_selection import StratifiedGroupKFold
 
         from .validation import check_no_leakage
 
-        groups = np.asarray(groups)
         y_arr = np.asarray(y)
-        if groups.shape[0] != y_arr.shape[0]:
-            raise ValueError(f"groups has {groups.shape[0]} rows but y has {y_arr.shape[0]}; they must match")
-        n_groups = np.unique(groups).size
-        if n_groups < self.cv:
-            raise ValueError(f"{n_groups} patients cannot fill cv={self.cv} grouped calibration folds; "
-                             "pass fewer folds (cv=2) or more patients")
-        splits = list(StratifiedGroupKFold(n_splits=int(self.cv)).split(np.zeros((len(y_arr), 1)), y_arr, groups))
-        for train, test in splits:
-            check_no_leakage(groups[train], groups[test])
+        if groups is not None:
+            groups = np.asarray(groups)
+            if groups.shape[0] != y_arr.shape[0]:
+                raise ValueError(f"groups has {groups.shape[0]} rows but y has {y_arr.shape[0]}; they must match")
+            n_groups = np.unique(groups).size
+            if n_groups < self.cv:
+                raise InsufficientDataError(f"{n_groups} patients cannot fill cv={self.cv} grouped calibration "
+                                            "folds; pass fewer folds (cv=2) or more patients")
+        folds = _calibration_folds(y_arr, groups, int(self.cv), type(self.estimator).__name__)
+        if groups is None:
+            splits = folds  # scikit-learn's stratified folds, as many as the rarer class allows
+        else:
+            splits = list(StratifiedGroupKFold(n_splits=folds).split(np.zeros((len(y_arr), 1)), y_arr, groups))
+            for train, test in splits:
+                check_no_leakage(groups[train], groups[test])
+                if np.unique(y_arr[train]).size < np.unique(y_arr).size:
+                    raise InsufficientDataError(
+                        f"a grouped calibration fold of {type(self.estimator).__name__} has no training patient of "
+                        "one class; fix: make_classifier('logreg') (its own probabilities) or more patients")
         cv = self.cv
         self.cv = splits  # restored below: the parameter the user set stays an int
         try:
@@ -276,6 +289,29 @@ class GroupedCalibratedClassifierCV(CalibratedClassifierCV):
         finally:
             self.cv = cv
         return self
+
+
+def _calibration_folds(y: np.ndarray, groups, cv: int, name: str) -> int:
+    """``cv``, or fewer folds when the rarer class has fewer patients (images without groups) than ``cv``."""
+    classes, codes = np.unique(y, return_inverse=True)
+    if classes.size < 2:
+        raise InsufficientDataError(f"{name} cannot be calibrated on one class ({classes.tolist()}); fix: "
+                                    "training rows of both classes")
+    unit = "image" if groups is None else "patient"
+    counts = [int(np.sum(codes == c)) if groups is None else int(np.unique(groups[codes == c]).size)
+              for c in range(classes.size)]
+    rarest = int(np.argmin(counts))
+    k, label = counts[rarest], classes[rarest].item()
+    if k >= cv:
+        return cv
+    if k < 2:
+        raise InsufficientDataError(
+            f"{name} is calibrated by internal cross-validation, which needs at least 2 {unit}s of each class; "
+            f"class {label!r} has {k} {unit}(s) among these {len(y)} training rows; fix: "
+            f"make_classifier('logreg') (its own probabilities) or more {unit}s of that class")
+    logger.info("calibration of %s: class %r has %d %ss, so %d calibration folds instead of %d",
+                name, label, k, unit, k, cv)
+    return k
 
 
 class GroupedPipeline(Pipeline):

@@ -27,7 +27,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.utils import check_random_state
 
-from ..exceptions import LeakageError
+from ..exceptions import InsufficientDataError, LeakageError
 
 __all__ = [
     "CVResult",
@@ -233,7 +233,7 @@ class GroupedRepeatedKFold:
             raise ValueError(f"X has {len(X)} rows but groups has {n}; they must match")
         n_groups = np.unique(groups).size
         if n_groups < self.n_splits:
-            raise ValueError(
+            raise InsufficientDataError(
                 f"{n_groups} patients cannot fill n_splits={self.n_splits} grouped folds; "
                 "lower n_splits or add patients"
             )

@@ -361,3 +361,42 @@ def test_a_stack_with_knn_runs_on_few_patients():
                             meta="logreg", cv=3, random_state=0)
     cv = cross_validate_grouped(MultiLabelClassifier(stack), X, Y, groups, n_splits=2, random_state=0, n_bootstrap=20)
     assert np.isfinite(cv.summary["auc"]).all()
+
+
+# ----------------------------------------------------------------- calibrated SVMs on few positives
+@pytest.mark.parametrize("name", ["linear_svm", "rbf_svm"])
+def test_calibrated_svms_use_as_many_calibration_folds_as_the_rarer_class_allows(name, caplog):
+    """Three internal calibration folds need three patients of each class; with two they use two
+    (scikit-learn raised 'Requesting 3-fold cross-validation ...' or 'needs samples of at least 2
+    classes'), with one they raise a named error that says what to do."""
+    from cxr_embed.exceptions import InsufficientDataError
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12, 6))
+    y = np.zeros(12, int)
+    y[[0, 2]] = 1  # two positive images of two patients
+    groups = np.repeat(np.arange(6), 2).astype(str)
+    caplog.set_level("INFO", logger="cxr_embed")
+    for fit_groups in (groups, None):
+        clf = make_classifier(name, random_state=0).fit(X, y, groups=fit_groups)
+        p = clf.predict_proba(X)
+        assert p.shape == (12, 2) and np.isfinite(p).all()
+        assert clf[-1].cv == 3  # the parameter stays as set
+    assert "2 calibration folds" in caplog.text
+    y1 = np.zeros(12, int)
+    y1[[0, 1]] = 1  # two positive images of one patient
+    with pytest.raises(InsufficientDataError, match="1 patient.*logreg"):
+        make_classifier(name, random_state=0).fit(X, y1, groups=groups)
+    y1[1] = 0
+    with pytest.raises(InsufficientDataError, match="logreg"):
+        make_classifier(name, random_state=0).fit(X, y1)
+
+
+def test_fewer_patients_than_folds_is_a_named_error():
+    from cxr_embed import cross_validate_grouped
+    from cxr_embed.exceptions import CxrEmbedError, InsufficientDataError
+
+    X, y = np.zeros((6, 2)), np.array([0, 1] * 3)
+    with pytest.raises(InsufficientDataError, match="3 patients cannot fill n_splits=5") as info:
+        cross_validate_grouped(make_classifier("logreg"), X, y, np.repeat(["a", "b", "c"], 2), n_splits=5)
+    assert isinstance(info.value, CxrEmbedError) and isinstance(info.value, ValueError)
