@@ -460,10 +460,13 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
             raise ValueError(f"groups has {g.shape[0]} entries for {n} rows; pass one patient id per row.")
         splitter = self._splitter(g)
         splits = [(np.asarray(tr), np.asarray(te)) for tr, te in splitter.split(np.zeros((n, 1)), y_enc, g)]
+        from .validation import _require_both_classes
+
         if g is not None:
             from .validation import check_no_leakage as check
             for tr, te in splits:
                 check(g[tr], g[te])
+        _require_both_classes(y_enc, g, splits, what="stacking's inner folds (out-of-fold member predictions)")
         covered = np.zeros(n, dtype=int)
         for _, te in splits:
             covered[te] += 1

@@ -153,6 +153,39 @@ def _require_multilabel_estimator(estimator: Any, truth: np.ndarray, one_d: bool
         )
 
 
+def _require_both_classes(y: np.ndarray, groups: np.ndarray | None, splits, *, what: str, label: str = "y") -> None:
+    """Refuse, before any fit, splits with a training fold that holds one class of a binary target.
+
+    Parameters
+    ----------
+    y : ndarray of shape (n_samples,)
+        0/1 (NaN rows are ignored).
+    groups : ndarray of shape (n_samples,) or None
+        Patient ids (counted in the message).
+    splits : iterable of (train, test) index arrays
+    what : str
+        The analysis, for the message ("the patient-grouped CV", "stacking's inner folds").
+    label : str
+
+    Raises
+    ------
+    InsufficientDataError
+        A training fold has only one class: scikit-learn's classifiers would raise a bare ``ValueError``
+        for it, after the folds before it had run.
+    """
+    y = np.asarray(y, dtype=float)
+    for train, _ in splits:
+        seen = y[train][~np.isnan(y[train])]
+        if np.unique(seen).size < 2:
+            ids = np.arange(y.size) if groups is None else np.asarray(groups)
+            n_pos, n_neg = (int(np.unique(ids[y == c]).size) for c in (1.0, 0.0))
+            unit = "image" if groups is None else "patient"
+            raise InsufficientDataError(
+                f"a training fold of {what} holds only one class of {label!r} ({n_pos} {unit}(s) positive, "
+                f"{n_neg} negative): a classifier cannot be fitted on it; fix: at least 2 {unit}s of each class "
+                "(a useful AUC needs many more) or fewer folds")
+
+
 def _auc_ci(y_true: np.ndarray, y_score: np.ndarray, groups: np.ndarray | None, *,
             n_bootstrap: int, random_state: Any) -> tuple[float, float, float]:
     """AUC and 95% patient-bootstrap CI on rows with a certain label; NaN when a class is absent."""
@@ -448,6 +481,8 @@ def cross_validate_grouped(estimator: Any, X: Any, y: Any, groups: Any, *, n_spl
     rng = check_random_state(random_state)
     split_seed = rng.randint(np.iinfo(np.int32).max)
     splits = grouped_kfold(y, groups, n_splits=n_splits, n_repeats=n_repeats, random_state=split_seed)
+    if not hasattr(estimator, "policy"):  # a MultiLabelClassifier scores a one-class label by a constant
+        _require_both_classes(truth[:, 0], groups, splits, what="the patient-grouped CV", label=names[0])
     y_fit = y if hasattr(y, "iloc") else np.asarray(y)
     out = Parallel(n_jobs=n_jobs)(
         delayed(_fold_task)(estimator, X, y_fit, groups, tr, te, truth.shape[1]) for tr, te in splits

@@ -149,3 +149,36 @@ def test_learning_curve_rises_with_patients():
     with pytest.warns(UserWarning, match="clipped"):
         learning_curve_patients(LogisticRegression(), X, y, groups, sizes=[500], n_splits=4, n_repeats=1,
                                 random_state=0, n_bootstrap=0)
+
+
+# ----------------------------------------------------------------- a class held by too few patients
+def test_a_training_fold_without_one_class_is_a_named_error_before_any_fit():
+    """One positive patient: the fold that tests it trains on negatives only, which scikit-learn's
+    classifiers refuse with a bare ValueError after the other folds ran; say so first, by name."""
+    from cxr_embed.exceptions import InsufficientDataError
+    from cxr_embed.learn.classifiers import MultiLabelClassifier, make_classifier
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20, 4))
+    groups = np.repeat(np.arange(10), 2).astype(str)
+    y = (groups == "0").astype(int)  # both images of one patient are the only positives
+    with pytest.raises(InsufficientDataError, match=r"only one class of 'y' \(1 patient\(s\) positive"):
+        cross_validate_grouped(make_classifier("logreg"), X, y, groups, n_splits=3, n_bootstrap=10)
+    # a MultiLabelClassifier gives such a label a constant score in that fold, and the AUC is still defined
+    res = cross_validate_grouped(MultiLabelClassifier(make_classifier("logreg")), X, y, groups, n_splits=3,
+                                 n_bootstrap=10)
+    assert np.isfinite(res.summary["auc"]).all()
+
+
+def test_a_stack_whose_inner_fold_lacks_a_class_says_so_by_name():
+    from cxr_embed.exceptions import InsufficientDataError
+    from cxr_embed.learn.classifiers import make_classifier
+    from cxr_embed.learn.stacking import StackedEnsemble
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12, 4))
+    groups = np.repeat(np.arange(6), 2).astype(str)
+    y = (groups == "0").astype(int)
+    stack = StackedEnsemble([("a", make_classifier("logreg")), ("b", make_classifier("knn"))], meta="logreg", cv=3)
+    with pytest.raises(InsufficientDataError, match="stacking"):
+        stack.fit(X, y, groups=groups)
