@@ -59,7 +59,8 @@ def test_external_validation(tmp_path):
 
 
 def test_demo_quick(tmp_path):
-    out = _run("demo.py", "--quick", "--out", str(tmp_path), *TINY, *TINY_EMBEDDING)
+    # two folds: the stack's inner folds then hold 12 rows, fewer than kNN's 15 neighbours (a crash once)
+    out = _run("demo.py", "--quick", "--folds", "2", "--out", str(tmp_path), *TINY, *TINY_EMBEDDING)
     for stage in ("1. synthetic sites", "3. embeddings", "5. stacking", "6. three-way comparison", "8. report"):
         assert stage in out
     assert "stacking" in out and "fine-tuned" in out and "entropy-weighted" in out
