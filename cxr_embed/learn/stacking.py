@@ -315,6 +315,20 @@ def _make_meta(meta, random_state, n_jobs):
     return clone(meta)
 
 
+def _check_fold_counts(cv, y: np.ndarray) -> None:
+    """An int ``cv`` is refused by scikit-learn's stratified splitters when every class has fewer rows."""
+    if not isinstance(cv, (int, np.integer)):
+        return
+    from ..exceptions import InsufficientDataError
+
+    classes, counts = np.unique(y, return_counts=True)
+    if np.all(counts < int(cv)):
+        shown = ", ".join(f"{c}: {n}" for c, n in zip(classes.tolist(), counts.tolist()))
+        raise InsufficientDataError(
+            f"stacking's cv={int(cv)} inner folds need more images: every class has fewer than {int(cv)} ({shown}); "
+            "fix: StackedEnsemble(cv=2) or more images")
+
+
 class StackedEnsemble(ClassifierMixin, BaseEstimator):
     """Stacking with out-of-fold, patient-grouped member predictions.
 
@@ -459,6 +473,7 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
         if g is not None and g.shape[0] != n:
             raise ValueError(f"groups has {g.shape[0]} entries for {n} rows; pass one patient id per row.")
         splitter = self._splitter(g)
+        _check_fold_counts(self.cv, y_enc)
         splits = [(np.asarray(tr), np.asarray(te)) for tr, te in splitter.split(np.zeros((n, 1)), y_enc, g)]
         from .validation import _require_both_classes
 

@@ -182,3 +182,16 @@ def test_a_stack_whose_inner_fold_lacks_a_class_says_so_by_name():
     stack = StackedEnsemble([("a", make_classifier("logreg")), ("b", make_classifier("knn"))], meta="logreg", cv=3)
     with pytest.raises(InsufficientDataError, match="stacking"):
         stack.fit(X, y, groups=groups)
+
+
+def test_too_few_images_for_the_stacks_folds_and_a_one_class_auc_are_named_errors():
+    from cxr_embed.evaluate.metrics import roc_auc_ci
+    from cxr_embed.exceptions import InsufficientDataError
+    from cxr_embed.learn.stacking import StackedEnsemble
+
+    X = np.random.default_rng(0).normal(size=(4, 3))
+    stack = StackedEnsemble([("a", make_classifier("logreg")), ("b", make_classifier("knn"))], meta="logreg", cv=3)
+    with pytest.raises(InsufficientDataError, match=r"every class has fewer than 3 \(0: 2, 1: 2\).*cv=2"):
+        stack.fit(X, [0, 1, 0, 1], groups=["a", "b", "c", "d"])
+    with pytest.raises(InsufficientDataError, match="only negatives"):
+        roc_auc_ci(np.zeros(10), np.linspace(0, 1, 10), n_bootstrap=10)

@@ -11,6 +11,8 @@ import warnings
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ...exceptions import InsufficientDataError
+
 from ._bootstrap import (
     _WeightedAUC,
     _as_binary_1d,
@@ -122,9 +124,9 @@ def roc_auc_ci(
     gidx, n_groups = _group_index(groups, y.shape[0])
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == y.shape[0]:
-        raise ValueError(
+        raise InsufficientDataError(
             f"y_true holds only {'positives' if n_pos else 'negatives'} ({y.shape[0]} images); "
-            "ROC AUC needs both classes."
+            "ROC AUC needs both classes; fix: score a set with positive and negative images."
         )
     auc = float(_WeightedAUC(y, s)(np.ones((1, y.shape[0])))[0])
     lo = hi = math.nan
