@@ -457,7 +457,7 @@ def search_pipeline(
     >>> print(res.summary())  # doctest: +SKIP
     """
     from ..learn.classifiers import _canonical
-    from ..learn.validation import grouped_kfold
+    from ..learn.validation import _require_both_classes, grouped_kfold
     from ..evaluate.metrics import delong_test
 
     if rank not in RANK_RULES:
@@ -485,6 +485,9 @@ def search_pipeline(
                 "stress": stress_cfgs, "stress_top": stress_top, "random_state": random_state,
                 "classifiers": clf_names, "configs": [c.to_dict() for c in configs], "fuse": fuse,
                 "param_spaces": {c: _jsonable(_space(c, param_spaces)) for c in clf_names}}
+    y0, g0 = df["_y"].to_numpy(), df[groups].astype(str).to_numpy()  # folds that can train: checked before extracting
+    _require_both_classes(y0, g0, grouped_kfold(y0, g0, n_splits=cv, n_repeats=n_repeats, random_state=random_state),
+                          what="the search's outer folds", label=label)
     seconds = {"extract": 0.0, "cv": 0.0, "stress": 0.0, "external": 0.0}
     emb = _Embeddings(store, backbone_kwargs or {}, extract_kwargs or {})
 
@@ -505,6 +508,7 @@ def search_pipeline(
 
     # 2. nested CV: the same outer folds for every pipeline; the inner search sees training patients only
     folds = grouped_kfold(y, g, n_splits=cv, n_repeats=n_repeats, random_state=random_state)
+    _require_both_classes(y, g, folds, what="the search's outer folds", label=label)
     t0 = time.perf_counter()
     with threadpool_limits(limits=1):  # BLAS/OpenMP: parallelism comes from n_jobs, not from threads
         oof, fitted, params = _nested_cv(configs, clf_names, X_of, y, g, folds, inner_cv, param_spaces,

@@ -227,6 +227,15 @@ def test_bad_arguments_are_named(data, tmp_path):
                                    **{**KW, "classifiers": ["logreg"], "tta": [None], "stress": None})
     with pytest.raises(ValueError, match="tta options"):
         search_mod.search_pipeline(data["internal"], "opacity", store=tmp_path / "s.h5", **{**KW, "tta": ["rot"]})
+    # one positive patient: a training fold would hold negatives only; said before anything is extracted
+    from cxr_embed.exceptions import InsufficientDataError
+
+    one = data["internal"].copy()
+    first = one["patient_id"].iloc[0]
+    one["opacity"] = (one["patient_id"] == first).astype(int)
+    with pytest.raises(InsufficientDataError, match="search's outer folds holds only one class of 'opacity'"):
+        search_mod.search_pipeline(one, "opacity", store=tmp_path / "one.h5", **KW)
+    assert not (tmp_path / "one.h5").exists()
 
 
 def test_cli_search_writes_table_json_and_a_loadable_bundle(data, tmp_path, capsys):
