@@ -301,7 +301,8 @@ def _calibration_folds(y: np.ndarray, groups, cv: int, name: str) -> int:
     counts = [int(np.sum(codes == c)) if groups is None else int(np.unique(groups[codes == c]).size)
               for c in range(classes.size)]
     rarest = int(np.argmin(counts))
-    k, label = counts[rarest], classes[rarest].item()
+    k, label = counts[rarest], classes[rarest]
+    label = label.item() if hasattr(label, "item") else label  # a numpy scalar prints as np.int64(1)
     if k >= cv:
         return cv
     if k < 2:
