@@ -457,6 +457,12 @@ def cross_validate_grouped(estimator: Any, X: Any, y: Any, groups: Any, *, n_spl
     -------
     CVResult
 
+    Raises
+    ------
+    InsufficientDataError
+        Fewer patients than ``n_splits``, or (a single-label estimator) a training fold that would
+        hold one class; raised before anything is fitted.
+
     Examples
     --------
     >>> import numpy as np
