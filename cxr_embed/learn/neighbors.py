@@ -75,13 +75,10 @@ class ClampedKNeighborsClassifier(ClassifierMixin, BaseEstimator):
         from sklearn.neighbors import KNeighborsClassifier
 
         X, y = validate_data(self, X, y, accept_sparse="csr")
-        if int(self.n_neighbors) < 1:
-            raise ValueError(f"n_neighbors must be >= 1, got {self.n_neighbors}")
         n = X.shape[0]
-        self.n_neighbors_ = min(int(self.n_neighbors), n)
-        if self.n_neighbors_ < int(self.n_neighbors):
-            logger.info("kNN fitted on %d training rows with n_neighbors=%d: all %d rows vote", n,
-                           self.n_neighbors, n)
+        self.n_neighbors_ = min(self.n_neighbors, n)  # below 1: KNeighborsClassifier's parameter check says so
+        if self.n_neighbors_ < self.n_neighbors:
+            logger.info("kNN fitted on %d training rows with n_neighbors=%d: all %d rows vote", n, self.n_neighbors, n)
         self.estimator_ = KNeighborsClassifier(n_neighbors=self.n_neighbors_, weights=self.weights,
                                                metric=self.metric, p=self.p, n_jobs=self.n_jobs).fit(X, y)
         self.classes_ = self.estimator_.classes_
