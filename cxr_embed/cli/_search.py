@@ -74,6 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="comma-separated perturbations of the held-out copies, or 'none'")
     p.add_argument("--stress-top", type=int, default=None,
                    help="stress-test only the embedding configurations of the K best pipelines by clean AUC")
+    p.add_argument("--train-augment", default="none",
+                   help="training-time shift augmentation options, comma-separated; each 'none' or perturbations "
+                        "joined by '+', e.g. 'none,lowres+jpeg' (default none)")
     p.add_argument("--rank", default="worst", choices=("worst", "clean"), help="ranking rule (default worst)")
     p.add_argument("--external", default=None, help="external dataset (reported only, never used to choose)")
     p.add_argument("--external-store", default=None, help="its store (default <store>.external.h5)")
@@ -97,12 +100,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
     sizes = [None if _opt(s) is None else int(s) for s in _list(args.input_sizes)] or None
     stress = [] if args.stress.strip().lower() == "none" else _list(args.stress)
     weights = None if args.weights.lower() == "none" else args.weights
+    train_augment = [None if _opt(o) is None else o.split("+") for o in _list(args.train_augment)] or [None]
     try:
         res = cxr_embed.search_pipeline(
             manifest, args.label, store=args.store, backbones=_list(args.backbones), input_sizes=sizes,
             layers=[_opt(t) for t in _list(args.layers)] or [None], tta=[_opt(t) for t in _list(args.tta)] or [None],
             multiscale=args.multiscale, fuse=parse_fuse(args.fuse), classifiers=_list(args.classifiers), cv=args.cv, inner_cv=args.inner_cv,
-            n_repeats=args.repeats, groups=args.groups, stress=stress, stress_top=args.stress_top, rank=args.rank,
+            n_repeats=args.repeats, groups=args.groups, stress=stress, stress_top=args.stress_top,
+            train_augment=train_augment, rank=args.rank,
             external=external, external_store=args.external_store, backbone_kwargs={"weights": weights},
             extract_kwargs={"batch_size": args.batch_size, "workers": args.workers}, n_bootstrap=args.n_bootstrap,
             n_jobs=args.n_jobs, random_state=args.seed)
@@ -122,6 +127,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     (out / "search.json").write_text(json.dumps({
         "best": {"pipeline": str(res.table.loc[0, "pipeline"]), "embedding": best.embedding.to_dict(),
                  "classifier": best.classifier, "best_params": best.best_params, "fingerprint": best.fingerprint,
+                 "train_augment": [dict(c) for c in best.train_augment],
                  "bundle": str(bundle)},
         "settings": res.settings, "seconds": res.seconds,
     }, indent=1, default=str))

@@ -17,9 +17,10 @@ name          what it does (default parameters)
 ``squash``    resize the width by ``factor`` (0.8) keeping the height: another aspect ratio
 ============  ==========================================================================
 
-They are used by :func:`cxr_embed.search_pipeline` on evaluation copies only (never on
-training images) and are part of the fingerprint of the embeddings made from them
-(:func:`perturbation_config`), so perturbed and clean embeddings are never mixed.
+They are used by :func:`cxr_embed.search_pipeline` on evaluation copies of held-out images
+(stress tests) and, when asked (``train_augment=``), on copies of training images; they are part
+of the fingerprint of the embeddings made from them (:func:`perturbation_config`), so perturbed
+and clean embeddings are never mixed.
 """
 from __future__ import annotations
 

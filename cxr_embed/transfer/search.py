@@ -19,6 +19,12 @@ The embedding configurations themselves (one backbone and its sizes, layer and T
 of several) and their extract-once cache live in :mod:`cxr_embed.embed.composite`, the grid in
 :mod:`cxr_embed.transfer.search_grid`.
 
+Training-time shift augmentation (``train_augment=``, a grid dimension): a pipeline may also be
+trained on perturbed copies of its training images (same label, same patient). A stress
+perturbation it trains on is then scored by outer-fold models refitted without that
+perturbation's copies (leave-one-perturbation-out), so its stress columns stay a test of shifts
+the model has not seen.
+
 External data (``external=``) is only ever embedded and predicted by the pipelines refitted on
 the whole internal set: it never reaches a fit, a search or the ranking.
 """
@@ -80,6 +86,9 @@ class SearchedPipeline:
     fingerprint : str
         SHA-256 of the fingerprints of the embedding functions it combines and the combination.
     label : str
+    train_augment : tuple of dict
+        The perturbations whose copies of the training images it was also trained on (empty:
+        none). They only change the fit; the pipeline embeds and predicts clean images.
     """
 
     embedding: AnyConfig
@@ -88,6 +97,7 @@ class SearchedPipeline:
     best_params: dict
     fingerprint: str
     label: str
+    train_augment: tuple = ()
     _backbone_kwargs: dict = field(default_factory=dict, repr=False)
     _backbones: dict = field(default_factory=dict, repr=False)
 
@@ -193,6 +203,7 @@ class SearchedPipeline:
                           metrics=metrics, key=key, overwrite=overwrite,
                           extra={"search": {"embedding": self.embedding.to_dict(), "classifier": self.classifier,
                                             "best_params": _jsonable(self.best_params),
+                                            "train_augment": [dict(c) for c in self.train_augment],
                                             "pipeline_fingerprint": self.fingerprint}})
 
 
@@ -204,7 +215,7 @@ class PipelineSearchResult:
     ----------
     table : DataFrame
         One row per pipeline, best first: ``rank``, ``pipeline``, ``embedding``, ``classifier``,
-        ``auc`` / ``ci_low`` / ``ci_high`` (nested out-of-fold, patient-bootstrap 95% CI),
+        ``train_augment`` (the perturbations trained on, ``"none"``), ``auc`` / ``ci_low`` / ``ci_high`` (nested out-of-fold, patient-bootstrap 95% CI),
         ``delong_p`` (paired DeLong against the best), ``auc_<perturbation>`` for each stress
         perturbation, ``worst_shift`` (lowest of them), ``drop`` (``auc - worst_shift``),
         ``score`` (what ranked it), ``stressed`` (bool), ``params`` (tuned parameters per outer
@@ -283,6 +294,25 @@ def _binary_target(df: pd.DataFrame, label: str, what: str) -> pd.DataFrame:
     return out
 
 
+def _augment_options(train_augment) -> list[tuple]:
+    """Each training-augmentation option as a tuple of full perturbation configs (``()``: none)."""
+    if isinstance(train_augment, (str, dict)):
+        raise ValueError("train_augment is a list of options, each None or a list of perturbations, "
+                         f"e.g. [None, ['lowres', 'jpeg']]; got {train_augment!r}")
+    out = []
+    for opt in train_augment:
+        items = [opt] if isinstance(opt, (str, dict)) else list(opt or ())
+        cfgs = tuple(perturbation_config(p) for p in items)
+        names = [stable_json(c) for c in cfgs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"train_augment option {opt!r} repeats a perturbation")
+        out.append(cfgs)
+    keys = [stable_json(list(o)) for o in out]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"train_augment repeats an option: {list(train_augment)!r}")
+    return out
+
+
 def _space(name: str, param_spaces: dict | None) -> dict:
     from ..learn.classifiers import _canonical, default_search_space
 
@@ -302,26 +332,53 @@ def _make(name: str, inner_cv: int, param_spaces, random_state, n_jobs):
     return est.set_params(n_jobs=n_jobs)
 
 
-def _nested_cv(configs, clf_names, X_of, y, g, folds, inner_cv, param_spaces, random_state, n_jobs):
-    """Out-of-fold probabilities (mean over repeats), fitted outer models and tuned parameters per pipeline."""
+def _key(cfg, name: str, aug: tuple) -> str:
+    """A pipeline's name in the table: embedding · classifier [· aug:perturbations trained on]."""
+    return f"{cfg.label} · {name}" + (f" · aug:{'+'.join(c['name'] for c in aug)}" if aug else "")
+
+
+def _with_copies(X, y, g, train, copies):
+    """The training rows of one fold and the perturbed copies of those same images (same label, same patient).
+
+    ``copies`` is a list of ``(mask, X_p)`` aligned to the rows of ``X``; ``mask`` marks the images
+    whose perturbed copy could be embedded. Only rows of ``train`` are ever taken.
+    """
+    parts, ys, gs = [X[train]], [y[train]], [g[train]]
+    for mask, X_p in copies:
+        t = train[mask[train]]
+        parts.append(X_p[t])
+        ys.append(y[t])
+        gs.append(g[t])
+    return np.concatenate(parts), np.concatenate(ys), np.concatenate(gs)
+
+
+def _fit_folds(cfg, name, copies, X_of, y, g, folds, inner_cv, param_spaces, random_state, n_jobs):
+    """One tuned model per outer fold, trained on the fold's training images (and their copies)."""
     from ..learn.validation import check_no_leakage
 
+    models = []
+    for train, test in folds:
+        check_no_leakage(g[train], g[test])
+        Xt, yt, gt = _with_copies(X_of[cfg], y, g, train, copies)
+        models.append(_make(name, inner_cv, param_spaces, random_state, n_jobs).fit(Xt, yt, groups=gt))
+    return models
+
+
+def _nested_cv(pipes, X_of, copies_of, y, g, folds, inner_cv, param_spaces, random_state, n_jobs):
+    """Out-of-fold probabilities (mean over repeats), fitted outer models and tuned parameters per pipeline."""
     fitted: dict = {}
     oof: dict = {}
     params: dict = {}
-    for cfg, name in product(configs, clf_names):
-        key = f"{cfg.label} · {name}"
-        sums, counts, models, chosen = np.zeros(len(y)), np.zeros(len(y)), [], []
-        for train, test in folds:
-            check_no_leakage(g[train], g[test])
-            est = _make(name, inner_cv, param_spaces, random_state, n_jobs)
-            est.fit(X_of[cfg][train], y[train], groups=g[train])
+    for key, cfg, name, aug in pipes:
+        models = _fit_folds(cfg, name, copies_of(cfg, aug), X_of, y, g, folds, inner_cv, param_spaces,
+                            random_state, n_jobs)
+        sums, counts = np.zeros(len(y)), np.zeros(len(y))
+        for est, (_, test) in zip(models, folds):
             sums[test] += _positive(est, X_of[cfg][test])
             counts[test] += 1
-            models.append(est)
-            chosen.append(_jsonable(getattr(est, "best_params_", {})))
         oof[key] = sums / np.maximum(counts, 1)
-        fitted[key], params[key] = models, chosen
+        fitted[key] = models
+        params[key] = [_jsonable(getattr(est, "best_params_", {})) for est in models]
         logger.info("nested CV %s: AUC %.3f", key, _auc_ci(y, oof[key], g, 0, random_state)[0])
     return oof, fitted, params
 
@@ -361,6 +418,7 @@ def search_pipeline(
     groups: str = "patient_id",
     stress: Sequence[str | dict] | None = DEFAULT_STRESS,
     stress_top: int | None = None,
+    train_augment: Sequence[Sequence[str | dict] | None] = (None,),
     rank: str = "worst",
     external=None,
     external_store=None,
@@ -415,6 +473,14 @@ def search_pipeline(
     stress_top : int, optional
         Stress-test only the embedding configurations of the ``stress_top`` best pipelines by
         clean AUC (default: all).
+    train_augment : sequence of (None or sequence of str or dict), default (None,)
+        Training-time shift augmentation options to compare (a grid dimension, like ``tta``):
+        ``None`` trains on the images alone; a sequence of perturbations also trains on the
+        perturbed copies of each *training* image (same label, same patient, so the inner folds
+        keep them with their image). A stress perturbation an option trains on is scored by
+        outer-fold models refitted without its copies (leave-one-perturbation-out), so no stress
+        column measures a shift the model was trained on. Each perturbation costs one extraction
+        of the internal set per configuration (shared with ``stress``).
     rank : {"worst", "clean"}
         The ranking rule (module docstring).
     external : DataFrame or path, optional
@@ -447,7 +513,7 @@ def search_pipeline(
         A patient in both the internal and the external manifest.
     ValueError
         Unknown classifier, perturbation, rank rule or TTA option; a fusion that names an
-        embedding not in the grid.
+        embedding not in the grid; a ``train_augment`` option that repeats a perturbation.
 
     Examples
     --------
@@ -469,6 +535,8 @@ def search_pipeline(
     stress_names = [c["name"] if sum(d["name"] == c["name"] for d in stress_cfgs) == 1
                     else sha256_text(stable_json(c))[:8] for c in stress_cfgs]
     configs = _configs(backbones, input_sizes, layers, tta, multiscale, fuse)
+    aug_options = _augment_options(train_augment)
+    pipes = [(_key(cfg, name, aug), cfg, name, aug) for cfg, name, aug in product(configs, clf_names, aug_options)]
     df = _binary_target(_load(manifest, "internal"), label, "manifest")
     if groups not in df.columns:
         raise ManifestError(f"manifest has no patient column {groups!r}; patient-grouped CV needs one")
@@ -484,6 +552,7 @@ def search_pipeline(
     settings = {"label": label, "cv": cv, "inner_cv": inner_cv, "n_repeats": n_repeats, "rank": rank,
                 "stress": stress_cfgs, "stress_top": stress_top, "random_state": random_state,
                 "classifiers": clf_names, "configs": [c.to_dict() for c in configs], "fuse": fuse,
+                "train_augment": [list(a) for a in aug_options],
                 "param_spaces": {c: _jsonable(_space(c, param_spaces)) for c in clf_names}}
     y0, g0 = df["_y"].to_numpy(), df[groups].astype(str).to_numpy()  # folds that can train: checked before extracting
     _require_both_classes(y0, g0, grouped_kfold(y0, g0, n_splits=cv, n_repeats=n_repeats, random_state=random_state),
@@ -504,6 +573,24 @@ def search_pipeline(
     X_of = {cfg: X[pd.Index(ids).get_indexer(order)] for cfg, (ids, X) in mats.items()}
     y = df["_y"].to_numpy()
     g = df[groups].astype(str).to_numpy()
+    aug_cache: dict = {}
+
+    def copies_of(cfg, aug) -> list:
+        """(mask, rows aligned to ``order``) of each perturbation of ``aug``; extracted once per configuration."""
+        out = []
+        for pcfg in aug:
+            ck = (cfg, stable_json(pcfg))
+            if ck not in aug_cache:
+                ids_p, X_p = emb.matrix(cfg, df, perturbation=pcfg)
+                pos = pd.Index(ids_p).get_indexer(order)
+                aligned = np.zeros((len(order), X_p.shape[1]), X_p.dtype)
+                aligned[pos >= 0] = X_p[pos[pos >= 0]]
+                aug_cache[ck] = (pos >= 0, aligned)
+            out.append(aug_cache[ck])
+        return out
+
+    for _, cfg, _, aug in pipes:  # augmentation copies extracted before the clock of the CV starts
+        copies_of(cfg, aug)
     seconds["extract"] = emb.seconds
 
     # 2. nested CV: the same outer folds for every pipeline; the inner search sees training patients only
@@ -511,16 +598,16 @@ def search_pipeline(
     _require_both_classes(y, g, folds, what="the search's outer folds", label=label)
     t0 = time.perf_counter()
     with threadpool_limits(limits=1):  # BLAS/OpenMP: parallelism comes from n_jobs, not from threads
-        oof, fitted, params = _nested_cv(configs, clf_names, X_of, y, g, folds, inner_cv, param_spaces,
+        oof, fitted, params = _nested_cv(pipes, X_of, copies_of, y, g, folds, inner_cv, param_spaces,
                                          random_state, n_jobs)
     seconds["cv"] = time.perf_counter() - t0
 
     rows = []
-    for cfg, name in product(configs, clf_names):
-        key = f"{cfg.label} · {name}"
+    for key, cfg, name, aug in pipes:
         auc, lo, hi = _auc_ci(y, oof[key], g, n_bootstrap, random_state)
-        rows.append({"pipeline": key, "embedding": cfg.label, "classifier": name, "auc": auc, "ci_low": lo,
-                     "ci_high": hi, "params": params[key], "_cfg": cfg})
+        rows.append({"pipeline": key, "embedding": cfg.label, "classifier": name,
+                     "train_augment": "+".join(c["name"] for c in aug) or "none", "auc": auc, "ci_low": lo,
+                     "ci_high": hi, "params": params[key], "_cfg": cfg, "_aug": aug})
     table = pd.DataFrame(rows)
 
     # 3. stress: the outer-fold models predict perturbed copies of their own held-out images
@@ -533,9 +620,16 @@ def search_pipeline(
         for cfg in chosen_cfgs:
             for pname, pcfg in zip(stress_names, stress_cfgs):
                 ids_p, X_p = emb.matrix(cfg, df, perturbation=pcfg)
-                for name in clf_names:
-                    key = f"{cfg.label} · {name}"
-                    stressed_oof[(key, pname)] = _held_out_proba(fitted[key], folds, ids_p, X_p, order)
+                for key, pcfg_, name, aug in pipes:
+                    if pcfg_ != cfg:
+                        continue
+                    models = fitted[key]
+                    if pcfg in aug:  # leave-one-perturbation-out: models that never saw this shift
+                        rest = tuple(c for c in aug if c != pcfg)
+                        with threadpool_limits(limits=1):
+                            models = _fit_folds(cfg, name, copies_of(cfg, rest), X_of, y, g, folds, inner_cv,
+                                                param_spaces, random_state, n_jobs)
+                    stressed_oof[(key, pname)] = _held_out_proba(models, folds, ids_p, X_p, order)
         for pname in stress_names:
             col = []
             for key in table["pipeline"]:
@@ -565,14 +659,15 @@ def search_pipeline(
                          for k in table["pipeline"]]
 
     # 5. refit the best on all internal images (its own inner search); external only predicted
-    best_cfg, best_name = table.loc[0, "_cfg"], table.loc[0, "classifier"]
+    best_cfg, best_name, best_aug = table.loc[0, "_cfg"], table.loc[0, "classifier"], table.loc[0, "_aug"]
     refits = {}
 
-    def refit(cfg, name):
+    def refit(cfg, name, aug):
+        Xt, yt, gt = _with_copies(X_of[cfg], y, g, np.arange(len(y)), copies_of(cfg, aug))
         with threadpool_limits(limits=1):
-            return _make(name, inner_cv, param_spaces, random_state, n_jobs).fit(X_of[cfg], y, groups=g)
+            return _make(name, inner_cv, param_spaces, random_state, n_jobs).fit(Xt, yt, groups=gt)
 
-    refits[best_key] = refit(best_cfg, best_name)
+    refits[best_key] = refit(best_cfg, best_name, best_aug)
     external_proba, ext_ids, ext_y = {}, None, None
     if edf is not None:
         t0 = time.perf_counter()
@@ -589,8 +684,8 @@ def search_pipeline(
         ext_y = edf["_y"].to_numpy()
         eg = edf[groups].astype(str).to_numpy() if groups in edf.columns else ext_ids
         ext_cols = {"ext_auc": [], "ext_ci_low": [], "ext_ci_high": []}
-        for key, cfg, name in zip(table["pipeline"], table["_cfg"], table["classifier"]):
-            est = refits.get(key) or refit(cfg, name)
+        for key, cfg, name, aug in zip(table["pipeline"], table["_cfg"], table["classifier"], table["_aug"]):
+            est = refits.get(key) or refit(cfg, name, aug)
             ids_e, X_e = emats[cfg]
             p = _positive(est, X_e[pd.Index(ids_e).get_indexer(ext_ids)])
             external_proba[key] = p
@@ -605,9 +700,9 @@ def search_pipeline(
         seconds["external"] = time.perf_counter() - t0
     best = SearchedPipeline(embedding=best_cfg, classifier=best_name, estimator=refits[best_key],
                             best_params=_jsonable(getattr(refits[best_key], "best_params_", {})),
-                            fingerprint=emb.fingerprint(best_cfg), label=label,
+                            fingerprint=emb.fingerprint(best_cfg), label=label, train_augment=tuple(best_aug),
                             _backbone_kwargs=dict(backbone_kwargs or {}), _backbones=emb._backbones)
-    cols = ["rank", "pipeline", "embedding", "classifier", "auc", "ci_low", "ci_high", "delong_p"]
+    cols = ["rank", "pipeline", "embedding", "classifier", "train_augment", "auc", "ci_low", "ci_high", "delong_p"]
     cols += [c for c in table.columns if c.startswith("auc_")] + ["worst_shift", "drop", "score", "stressed"]
     cols += [c for c in ("ext_auc", "ext_ci_low", "ext_ci_high", "ext_delong_p") if c in table.columns] + ["params"]
     settings["n_images"], settings["n_left_out"] = int(len(y)), int(n_left)

@@ -247,17 +247,21 @@ def test_cli_search_writes_table_json_and_a_loadable_bundle(data, tmp_path, caps
     keras.utils.set_random_seed(0)
     rc = main(["search", "--manifest", str(csv), "--label", "opacity", "--store", str(tmp_path / "s.h5"),
                "--out", str(tmp_path / "out"), "--backbones", "mobilenet_v2", "--input-sizes", "32",
-               "--tta", "none", "--classifiers", "logreg", "--stress", "gamma", "--cv", "3", "--inner-cv", "2",
+               "--tta", "none", "--classifiers", "logreg", "--stress", "gamma", "--train-augment", "none,jpeg",
+               "--cv", "3", "--inner-cv", "2",
                "--weights", "none", "--n-bootstrap", "0", "--workers", "0"])
     assert rc == 0, capsys.readouterr()
     out = capsys.readouterr().out
     assert "best: mobilenet_v2@32 · logreg" in out
     table = pd.read_csv(tmp_path / "out" / "search.csv")
     assert {"auc", "auc_gamma", "worst_shift", "score"} <= set(table.columns)
+    assert sorted(table["train_augment"]) == ["jpeg", "none"]
     import json
 
     meta = json.loads((tmp_path / "out" / "search.json").read_text())
     assert meta["best"]["classifier"] == "logreg" and meta["settings"]["stress"] == [{"name": "gamma", "gamma": 1.6}]
+    assert meta["settings"]["train_augment"] == [[], [{"name": "jpeg", "quality": 30}]]
+    assert meta["best"]["train_augment"] in ([], [{"name": "jpeg", "quality": 30}])
     assert cxr_embed.load_model(meta["best"]["bundle"]).extra["search"]["classifier"] == "logreg"
     assert root.exists()
 
