@@ -334,7 +334,17 @@ def _make(name: str, inner_cv: int, param_spaces, random_state, n_jobs):
 
 def _key(cfg, name: str, aug: tuple) -> str:
     """A pipeline's name in the table: embedding · classifier [· aug:perturbations trained on]."""
-    return f"{cfg.label} · {name}" + (f" · aug:{'+'.join(c['name'] for c in aug)}" if aug else "")
+    return f"{cfg.label} · {name}" + (f" · aug:{_aug_label(aug)}" if aug else "")
+
+
+def _aug_label(aug: tuple) -> str:
+    """``lowres+jpeg``; a perturbation with other than its default parameters shows them: ``jpeg(quality=60)``."""
+    def one(c):
+        if c == perturbation_config(c["name"]):
+            return c["name"]
+        return c["name"] + "(" + ",".join(f"{k}={v}" for k, v in c.items() if k != "name") + ")"
+
+    return "+".join(one(c) for c in aug) or "none"
 
 
 def _with_copies(X, y, g, train, copies):
@@ -478,8 +488,8 @@ def search_pipeline(
         ``None`` trains on the images alone; a sequence of perturbations also trains on the
         perturbed copies of each *training* image (same label, same patient, so the inner folds
         keep them with their image). A stress perturbation an option trains on is scored by
-        outer-fold models refitted without its copies (leave-one-perturbation-out), so no stress
-        column measures a shift the model was trained on. Each perturbation costs one extraction
+        outer-fold models refitted without the copies of its kind (leave-one-perturbation-out, by
+        name), so no stress column measures a shift the model was trained on. Each perturbation costs one extraction
         of the internal set per configuration (shared with ``stress``).
     rank : {"worst", "clean"}
         The ranking rule (module docstring).
@@ -606,7 +616,7 @@ def search_pipeline(
     for key, cfg, name, aug in pipes:
         auc, lo, hi = _auc_ci(y, oof[key], g, n_bootstrap, random_state)
         rows.append({"pipeline": key, "embedding": cfg.label, "classifier": name,
-                     "train_augment": "+".join(c["name"] for c in aug) or "none", "auc": auc, "ci_low": lo,
+                     "train_augment": _aug_label(aug), "auc": auc, "ci_low": lo,
                      "ci_high": hi, "params": params[key], "_cfg": cfg, "_aug": aug})
     table = pd.DataFrame(rows)
 
@@ -624,8 +634,8 @@ def search_pipeline(
                     if pcfg_ != cfg:
                         continue
                     models = fitted[key]
-                    if pcfg in aug:  # leave-one-perturbation-out: models that never saw this shift
-                        rest = tuple(c for c in aug if c != pcfg)
+                    rest = tuple(c for c in aug if c["name"] != pcfg["name"])
+                    if len(rest) < len(aug):  # leave-one-perturbation-out: models that never saw this kind of shift
                         with threadpool_limits(limits=1):
                             models = _fit_folds(cfg, name, copies_of(cfg, rest), X_of, y, g, folds, inner_cv,
                                                 param_spaces, random_state, n_jobs)

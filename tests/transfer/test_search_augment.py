@@ -15,7 +15,7 @@ from cxr_embed.learn import classifiers as clf_mod  # noqa: E402
 from cxr_embed.transfer import search as search_mod  # noqa: E402
 
 KW = dict(backbones=["mobilenet_v2"], input_sizes=[32], tta=[None], classifiers=["logreg"], stress=["lowres", "jpeg"],
-          train_augment=[None, ["lowres"]], cv=3, inner_cv=2, n_bootstrap=0, backbone_kwargs={"weights": None},
+          train_augment=[None, [{"name": "lowres", "size": 160}]], cv=3, inner_cv=2, n_bootstrap=0, backbone_kwargs={"weights": None},
           extract_kwargs={"workers": 0})
 
 
@@ -48,7 +48,7 @@ def run(tmp_path_factory):
     for fp, meta in store.info()["backbones"].items():
         view = (meta["config"].get("view") or {}).get("perturbation")
         ids, X = store.load(fp)
-        by_view[view["name"] if view else "clean"] = dict(zip(ids.astype(str), _rows(X)))
+        by_view[f"{view['name']}{view.get('size', '')}" if view else "clean"] = dict(zip(ids.astype(str), _rows(X)))
     return {"res": res, "fits": fits, "rows": by_view, "manifest": manifest, "root": root}
 
 
@@ -59,10 +59,10 @@ def _owner(rows: dict) -> dict:
 
 def test_both_options_are_pipelines_of_the_table(run):
     t = run["res"].table
-    assert sorted(t["train_augment"]) == ["lowres", "none"]
-    assert set(t["pipeline"]) == {"mobilenet_v2@32 · logreg", "mobilenet_v2@32 · logreg · aug:lowres"}
+    assert sorted(t["train_augment"]) == ["lowres(size=160)", "none"]
+    assert set(t["pipeline"]) == {"mobilenet_v2@32 · logreg", "mobilenet_v2@32 · logreg · aug:lowres(size=160)"}
     assert t[["auc", "auc_lowres", "auc_jpeg", "worst_shift"]].notna().all().all()
-    assert run["res"].settings["train_augment"] == [[], [{"name": "lowres", "size": 224}]]
+    assert run["res"].settings["train_augment"] == [[], [{"name": "lowres", "size": 160}]]
 
 
 def test_augmented_fits_hold_copies_of_training_images_only_with_their_patient(run):
@@ -73,9 +73,9 @@ def test_augmented_fits_hold_copies_of_training_images_only_with_their_patient(r
     for j, (train, test) in enumerate(res.folds):
         X, groups = fits[k + j]
         seen = [owner[b] for b in _rows(X)]
-        assert {v for v, _ in seen} == {"clean", "lowres"}
+        assert {v for v, _ in seen} == {"clean", "lowres160"}
         assert {i for _, i in seen} == set(ids[train])  # training images only, never a held-out one
-        assert sum(v == "lowres" for v, _ in seen) == len(train)  # one copy of each
+        assert sum(v == "lowres160" for v, _ in seen) == len(train)  # one copy of each
         lookup = dict(zip(ids, res.groups))
         assert [lookup[i] for _, i in seen] == list(groups)  # each copy carries its image's patient
         # the plain pipeline's fits hold no copy
@@ -85,10 +85,11 @@ def test_augmented_fits_hold_copies_of_training_images_only_with_their_patient(r
 def test_a_trained_shift_is_stressed_by_models_that_never_saw_it(run):
     res, fits, owner = run["res"], run["fits"], _owner(run["rows"])
     k = len(res.folds)
+    # trained on lowres at 160 px, stressed by lowres at 224 px: the same kind of shift, so left out
     for j in range(k):  # the leave-one-perturbation-out fits: the lowres copies are gone
         assert {owner[b][0] for b in _rows(fits[2 * k + j][0])} == {"clean"}
     assert len(fits) == 3 * k + 1
-    plain, aug = "mobilenet_v2@32 · logreg", "mobilenet_v2@32 · logreg · aug:lowres"
+    plain, aug = "mobilenet_v2@32 · logreg", "mobilenet_v2@32 · logreg · aug:lowres(size=160)"
     # without its only perturbation the augmented pipeline is the plain one: same lowres predictions
     np.testing.assert_allclose(res.stressed_oof[(aug, "lowres")], res.stressed_oof[(plain, "lowres")])
     # an untrained shift is scored by the augmented models themselves
@@ -99,7 +100,7 @@ def test_a_trained_shift_is_stressed_by_models_that_never_saw_it(run):
 def test_the_winner_records_its_augmentation_and_predicts_clean_images(run, tmp_path):
     res = run["res"]
     best = res.best
-    want = () if res.table.loc[0, "train_augment"] == "none" else ({"name": "lowres", "size": 224},)
+    want = () if res.table.loc[0, "train_augment"] == "none" else ({"name": "lowres", "size": 160},)
     assert best.train_augment == want
     path = best.save(tmp_path / "bundle")
     assert cxr_embed.load_model(path).extra["search"]["train_augment"] == [dict(c) for c in want]
@@ -116,3 +117,9 @@ def test_bad_options_are_named(run, tmp_path):
         search_mod.search_pipeline(m, "opacity", store=tmp_path / "s.h5", **{**KW, "train_augment": "jpeg"})
     assert not (tmp_path / "s.h5").exists()
     assert isinstance(run["res"].table, pd.DataFrame)
+
+
+def test_the_label_of_an_option_shows_parameters_other_than_the_defaults():
+    cfg = search_mod.perturbation_config
+    assert search_mod._aug_label((cfg("lowres"), cfg({"name": "jpeg", "quality": 60}))) == "lowres+jpeg(quality=60)"
+    assert search_mod._aug_label(()) == "none"
