@@ -123,3 +123,12 @@ def test_the_label_of_an_option_shows_parameters_other_than_the_defaults():
     cfg = search_mod.perturbation_config
     assert search_mod._aug_label((cfg("lowres"), cfg({"name": "jpeg", "quality": 60}))) == "lowres+jpeg(quality=60)"
     assert search_mod._aug_label(()) == "none"
+
+
+def test_an_image_whose_copy_could_not_be_embedded_trains_without_it():
+    X = np.arange(12, dtype=np.float32).reshape(6, 2)
+    y, g = np.array([0, 1, 0, 1, 0, 1]), np.array(list("aabbcc"))
+    copy = (np.array([True, False, True, True, True, True]), X + 100)
+    Xt, yt, gt = search_mod._with_copies(X, y, g, np.array([0, 1, 2]), [copy])
+    np.testing.assert_array_equal(Xt, np.r_[X[[0, 1, 2]], X[[0, 2]] + 100])  # image 1 has no copy; 3-5 held out
+    assert list(yt) == [0, 1, 0, 0, 0] and list(gt) == list("aabab")
