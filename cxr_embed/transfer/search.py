@@ -46,7 +46,7 @@ from ..exceptions import LeakageError, ManifestError
 from ..io.perturbations import perturbation_config
 from ..learn.persistence import _jsonable
 from ..embed.composite import AnyConfig, EmbeddingConfig, FusedConfig, _Embeddings
-from .search_grid import _configs
+from .search_grid import _configs, _require_options
 
 __all__ = ["EmbeddingConfig", "FusedConfig", "PipelineSearchResult", "SearchedPipeline", "search_pipeline",
            "SEARCH_SPACES"]
@@ -538,6 +538,7 @@ def search_pipeline(
 
     if rank not in RANK_RULES:
         raise ValueError(f"rank must be one of {RANK_RULES}, got {rank!r}")
+    _require_options(classifiers=classifiers, train_augment=train_augment)
     clf_names = [_canonical(c) for c in classifiers]
     if len(set(clf_names)) != len(clf_names):
         raise ValueError(f"classifiers repeat a name: {list(classifiers)}")

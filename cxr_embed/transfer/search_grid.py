@@ -19,15 +19,19 @@ def _sizes_of(name: str, input_sizes) -> list[int]:
     from ..embed.registry import _get_spec
 
     if isinstance(input_sizes, Mapping):
-        sizes = input_sizes.get(name, [None])
+        sizes = list(input_sizes.get(name, [None]))
     else:
         sizes = [None] if input_sizes is None else list(input_sizes)
+    if not sizes:
+        raise ValueError(f"input_sizes is empty{f' for {name}' if isinstance(input_sizes, Mapping) else ''}: "
+                         "give at least one size, or None for the backbone's native size")
     native = int(_get_spec(name).input_size[0])
     return sorted({native if s is None else int(s) for s in sizes})
 
 
 def _configs(backbones, input_sizes, layers, tta, multiscale, fuse=None) -> list[AnyConfig]:
     """Every embedding configuration of the grid, then the fusions asked for."""
+    _require_options(backbones=backbones, layers=layers, tta=tta)
     if isinstance(input_sizes, Mapping):
         unknown = set(input_sizes) - set(backbones)
         if unknown:
@@ -46,6 +50,13 @@ def _configs(backbones, input_sizes, layers, tta, multiscale, fuse=None) -> list
     if len(set(out)) != len(out):
         raise ValueError("the search grid repeats an embedding configuration; list each backbone, size and layer once")
     return out
+
+
+def _require_options(**dims) -> None:
+    """Each grid dimension needs an option: an empty one would leave nothing to search."""
+    for name, options in dims.items():
+        if options is not None and not isinstance(options, (str, dict)) and len(list(options)) == 0:
+            raise ValueError(f"{name} is empty: give at least one option (None is the default one where it applies)")
 
 
 def _fusions(fuse, grid, widest, backbones, layers, tta) -> list[FusedConfig]:

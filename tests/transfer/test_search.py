@@ -279,3 +279,10 @@ def test_cli_extract_takes_the_searched_input_size_and_tta(data, tmp_path, capsy
     info = cxr_embed.EmbeddingStore(tmp_path / "e.h5").info()["backbones"]
     assert list(info) == [want.fingerprint] and info[want.fingerprint]["config"]["tta"] == "flip"
     assert info[want.fingerprint]["config"]["input_size"] == [64, 64]
+
+
+@pytest.mark.parametrize("arg", ["backbones", "input_sizes", "layers", "tta", "classifiers", "train_augment"])
+def test_an_empty_grid_dimension_is_named_before_anything_is_extracted(data, tmp_path, arg):
+    with pytest.raises(ValueError, match=f"{arg} is empty"):
+        search_mod.search_pipeline(data["internal"], "opacity", store=tmp_path / "s.h5", **{**KW, arg: []})
+    assert not (tmp_path / "s.h5").exists()
