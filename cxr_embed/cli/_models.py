@@ -210,8 +210,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     key = bundle_key(args)  # a bad key file fails before the fit, not after it
     try:
         policy = normalize_policy(args.policy)
-        pca = None if args.pca is None else (int(args.pca) if args.pca >= 1 else float(args.pca))
-        clinical = None if args.clinical is None else [s.strip() for s in args.clinical.split(",") if s.strip()]
+        pca = None if args.pca is None else (int(args.pca) if float(args.pca).is_integer() else float(args.pca))
+        clinical = [s.strip() for s in (args.clinical or "").split(",") if s.strip()] or None
         base = make_classifier(args.classifier, search=args.search, n_jobs=args.n_jobs, random_state=args.seed,
                                pca=pca, cv=args.inner_cv, clinical=clinical)
     except ValueError as e:

@@ -490,6 +490,9 @@ def extract(
     if n_workers < 0:
         raise ValueError(f"workers must be >= 0 or None, got {workers}")
     ids, paths = _as_items(manifest_or_paths)
+    if not ids:
+        logger.warning("extract: the manifest lists no images; nothing is extracted and %s is not created or "
+                       "changed", getattr(store, "path", store))
     if getattr(backbone, "composite", False):  # several passes, each extracted like a backbone, then combined
         import pandas as pd
 

@@ -193,6 +193,8 @@ def format_table(df: pd.DataFrame, *, decimals: int = 3, rename: Mapping[str, st
     >>> format_table(t).to_dict("records")[1]
     {'approach': 'logreg', 'AUC [95% CI]': '0.849 [0.801, 0.891]', 'DeLong p': '<0.001', 'best': ''}
     """
+    if isinstance(decimals, bool) or not isinstance(decimals, (int, np.integer)) or decimals < 0:
+        raise ValueError(f"decimals must be an integer >= 0, got {decimals!r}")
     level = ci if ci is not None else getattr(df, "attrs", {}).get("ci", 0.95)
     df = pd.DataFrame(df).reset_index(drop=True) if not isinstance(df.index, pd.RangeIndex) else pd.DataFrame(df)
     est = _ci_estimate(df)

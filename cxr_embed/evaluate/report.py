@@ -557,7 +557,8 @@ def write_report(
     Raises
     ------
     InvalidInputError
-        ``importance`` is not an importance table (see :func:`check_importance`).
+        ``importance`` is not an importance table (see :func:`check_importance`); ``y_true`` and
+        ``y_score`` are not both given, or have no rows or different numbers of rows.
     FileNotFoundError, ValueError
         An image is missing or unusable (see :func:`check_image`).
 
@@ -575,6 +576,11 @@ def write_report(
         check_importance(importance)  # a malformed table fails before anything is written
     for path in (images or {}).values():
         check_image(path)
+    if (y_true is None) != (y_score is None):
+        raise InvalidInputError("y_true and y_score go together: pass both for the ROC and calibration plots, or neither")
+    if y_true is not None and (len(y_true) == 0 or len(y_true) != len(y_score)):
+        raise InvalidInputError(f"y_true has {len(y_true)} rows and y_score {len(y_score)}: the plots need the same, "
+                                "non-zero number of rows (no rows: pass neither)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     page = Report(title)

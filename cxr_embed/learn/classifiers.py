@@ -688,6 +688,8 @@ def make_classifier(name: str, *, search: str | None = None, cv: Any = 5, n_iter
     base, wants_scaling = _base_classifier(key, class_weight=class_weight, n_jobs=n_jobs, random_state=random_state)
     if class_weight is not None and key in ("knn", "mlp"):
         logger.info("%s has no class_weight; class_weight=%r is ignored", key, class_weight)
+    if pca is not None and (isinstance(pca, bool) or not 0 < pca or (isinstance(pca, float) and pca >= 1)):
+        raise ValueError(f"pca is a number of components >= 1 or a share of variance in (0, 1), got {pca!r}")
     steps = []
     if clinical is not None:
         from .clinical import ClinicalFeatures
@@ -804,6 +806,8 @@ class MultiLabelClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         if y.shape[0] != X.shape[0]:
             raise ValueError(f"X has {X.shape[0]} rows but Y has {y.shape[0]}; they must match")
         y, mask = y.reshape(len(X), -1), mask.reshape(len(X), -1)
+        if y.shape[1] == 0:
+            raise ValueError(f"{type(self).__name__}: Y has no label column; give at least one")
         base = self.estimator
         if base is None:
             base = make_classifier("logreg")

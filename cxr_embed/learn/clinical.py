@@ -484,6 +484,9 @@ def clinical_importance(estimator: Any, X: Any, y: Any, groups: Any, *, clinical
     if not (len(frame) == len(y) == len(groups)):
         raise ValueError(f"X has {len(frame)} rows, y {len(y)} and groups {len(groups)}; they must match")
     blocks = _default_blocks(frame, prefix) if blocks is None else {str(k): list(v) for k, v in blocks.items()}
+    if not blocks:
+        raise ValueError("blocks is empty: name at least one group of columns to permute, or pass None for "
+                         "the image block and each clinical column")
     absent = {k: [c for c in v if c not in frame.columns] for k, v in blocks.items()}
     absent = {k: v for k, v in absent.items() if v}
     if absent:

@@ -193,6 +193,10 @@ class ComBat(TransformerMixin, BaseEstimator):
         """
         nc = _neurocombat()
         X = _require_frame(X, type(self).__name__)
+        if len(X) == 0:
+            from ..exceptions import InsufficientDataError
+
+            raise InsufficientDataError("ComBat was given no rows to fit on; fit it on the training images")
         if self.unseen_site not in ("estimate", "error"):
             raise ValueError(f"unseen_site must be 'estimate' or 'error'; got {self.unseen_site!r}")
         emb = embedding_columns(X, prefix=self.prefix)

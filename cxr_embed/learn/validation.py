@@ -97,6 +97,8 @@ def _stratification_target(y: Any) -> np.ndarray:
             return np.where(np.isnan(arr), -2.0, arr)
         return arr
     arr = arr.astype(float)
+    if arr.shape[1] == 0:
+        raise ValueError("y has no label column: give at least one label to stratify on")
     pos = np.nansum(arr == 1.0, axis=0)
     pos = np.where(pos == 0, np.inf, pos)
     col = int(np.argmin(pos))
@@ -243,7 +245,14 @@ class GroupedRepeatedKFold:
 
     def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
         """Number of (train, test) pairs: ``n_splits * n_repeats``."""
+        self._check_counts()
         return int(self.n_splits) * int(self.n_repeats)
+
+    def _check_counts(self) -> None:
+        for name, least in (("n_splits", 2), ("n_repeats", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
 
     def split(self, X: Any, y: Any = None, groups: Any = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(train_idx, test_idx)`` index arrays, repeat by repeat.
@@ -260,6 +269,7 @@ class GroupedRepeatedKFold:
                 "GroupedRepeatedKFold needs groups (one patient id per row) so that no patient is on "
                 "both sides of a split; pass groups=manifest['patient_id']"
             )
+        self._check_counts()
         groups = np.asarray(groups)
         n = len(groups)
         if X is not None and len(X) != n:
@@ -664,6 +674,8 @@ def external_validation(estimator: Any, X_train: Any, y_train: Any, X_ext: Any, 
             "embed both sets with the same backbone fingerprint"
         )
     truth_ext, one_d = _as_2d_truth(y_ext)
+    if len(truth_ext) == 0:
+        raise InsufficientDataError("the external set has no rows: nothing to validate on (checked before fitting)")
     _require_multilabel_estimator(estimator, _as_2d_truth(y_train)[0], one_d)
     names = _label_names(labels, y_ext if hasattr(y_ext, "columns") else y_train, truth_ext.shape[1])
     if check_overlap and groups_train is not None and groups_ext is not None:
@@ -686,6 +698,11 @@ def external_validation(estimator: Any, X_train: Any, y_train: Any, X_ext: Any, 
         a, lo, hi = _auc_ci(truth_ext[:, j], scores[:, j], g_ext, n_bootstrap=n_bootstrap,
                             random_state=rng.randint(np.iinfo(np.int32).max))
         known = ~np.isnan(truth_ext[:, j])
+        if np.isnan(a):
+            n_pos = int(np.nansum(truth_ext[:, j] == 1))
+            warnings.warn(f"external_validation: {name!r} has {n_pos} positive and {int(known.sum()) - n_pos} negative "
+                          "external images with a known label; an AUC needs both, so it is NaN", UserWarning,
+                          stacklevel=2)
         rows.append({"setting": "external", "label": name, "auc": a, "ci_low": lo, "ci_high": hi,
                      "n": int(known.sum()), "n_pos": int(np.nansum(truth_ext[:, j] == 1)),
                      "n_patients": int(np.unique(g_ext[known]).size)})
@@ -780,6 +797,8 @@ def learning_curve_patients(estimator: Any, X: Any, y: Any, groups: Any, *,
         lo = min(10, max_patients)
         sizes = np.unique(np.geomspace(lo, max_patients, 6).round().astype(int))
     sizes = sorted({int(s) for s in sizes})
+    if not sizes:
+        raise ValueError("sizes is empty: give the numbers of training patients to try, or None for six sizes")
     if any(s < 1 for s in sizes):
         raise ValueError(f"sizes must be positive numbers of patients; got {sizes}")
     if sizes[-1] > max_patients:

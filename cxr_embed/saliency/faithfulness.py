@@ -22,6 +22,10 @@ def _pair(saliency, mask):
                          "compute maps in the original image's coordinates (explain() does) or resize the mask")
     if not m.any():
         raise ValueError("the mask is empty: faithfulness metrics need a non-empty region")
+    bad = int((~np.isfinite(sal)).sum())
+    if bad:
+        raise ValueError(f"the saliency map has {bad} non-finite value(s) (NaN or inf) of {sal.size}; "
+                         "a map must be finite everywhere: recompute it, or replace them (np.nan_to_num)")
     return sal, m
 
 

@@ -179,6 +179,11 @@ def _bootstrap_means(values: np.ndarray, groups: np.ndarray, n_bootstrap: int, r
     return (w @ values) / w.sum(axis=1, keepdims=True)
 
 
+def _quantile(values: np.ndarray, q: float) -> float:
+    """A bootstrap quantile; NaN without resamples (``n_bootstrap=0``)."""
+    return float(np.quantile(values, q)) if values.size else float("nan")
+
+
 def _summaries(per_image, maps_names, n_bootstrap, random_state, confidence):
     import pandas as pd
 
@@ -194,7 +199,7 @@ def _summaries(per_image, maps_names, n_bootstrap, random_state, confidence):
     rows = []
     for j, (m, k, _) in enumerate(cols):
         rows.append({"map": m, "metric": k, "mean": float(values[:, j].mean()),
-                     "ci_low": float(np.quantile(boot[:, j], lo_q)), "ci_high": float(np.quantile(boot[:, j], hi_q)),
+                     "ci_low": _quantile(boot[:, j], lo_q), "ci_high": _quantile(boot[:, j], hi_q),
                      "n_images": len(per_image), "n_patients": n_pat})
     diffs = []
     for m in maps_names[1:]:
@@ -202,7 +207,7 @@ def _summaries(per_image, maps_names, n_bootstrap, random_state, confidence):
             a, b = cols.index(("explanation", k, k)), cols.index((m, k, f"{m}_{k}"))
             d = boot[:, a] - boot[:, b]
             diffs.append({"baseline": m, "metric": k, "difference": float(values[:, a].mean() - values[:, b].mean()),
-                          "ci_low": float(np.quantile(d, lo_q)), "ci_high": float(np.quantile(d, hi_q))})
+                          "ci_low": _quantile(d, lo_q), "ci_high": _quantile(d, hi_q)})
     return pd.DataFrame(rows), pd.DataFrame(diffs)
 
 
@@ -290,6 +295,12 @@ def evaluate_localization(model, manifest, boxes, *, backbone=None, label=None, 
     unknown = set(baselines) - set(BASELINES)
     if unknown:
         raise ValueError(f"unknown baseline(s) {sorted(unknown)}; choose among {BASELINES}")
+    if "random" in baselines and (isinstance(n_random, bool) or not isinstance(n_random, (int, np.integer))
+                                  or n_random < 1):
+        raise ValueError(f"n_random must be an integer >= 1 with the random baseline, got {n_random!r} "
+                         "(leave 'random' out of baselines to skip it)")
+    if top_fraction is not None and not 0 < top_fraction <= 1:
+        raise ValueError(f"top_fraction is a share of the pixels in (0, 1], got {top_fraction!r}")
     region_masks = None
     if isinstance(boxes, Mapping):
         region_masks = {str(k): np.asarray(v, bool) for k, v in boxes.items()}
@@ -385,12 +396,12 @@ def _summaries_deletion(per_image, n_bootstrap, random_state, confidence):
     boot = _bootstrap_means(values, per_image["patient_id"].to_numpy(), n_bootstrap, np.random.default_rng(random_state))
     lo, hi = (1 - confidence) / 2, 1 - (1 - confidence) / 2
     rows = [{"map": m, "metric": "deletion_auc", "mean": float(values[:, j].mean()),
-             "ci_low": float(np.quantile(boot[:, j], lo)), "ci_high": float(np.quantile(boot[:, j], hi)),
+             "ci_low": _quantile(boot[:, j], lo), "ci_high": _quantile(boot[:, j], hi),
              "n_images": len(per_image), "n_patients": per_image["patient_id"].nunique()}
             for j, m in enumerate(("explanation", "random"))]
     d = boot[:, 0] - boot[:, 1]
     rows.append({"map": "explanation - random", "metric": "deletion_auc", "mean": float(values[:, 0].mean() - values[:, 1].mean()),
-                 "ci_low": float(np.quantile(d, lo)), "ci_high": float(np.quantile(d, hi)),
+                 "ci_low": _quantile(d, lo), "ci_high": _quantile(d, hi),
                  "n_images": len(per_image), "n_patients": per_image["patient_id"].nunique()})
     return pd.DataFrame(rows), None
 

@@ -592,6 +592,10 @@ def compare_transfer(
     unknown = [a for a in approaches if a not in _FAMILIES]
     if unknown or not approaches:
         raise ValueError(f"approaches must be a non-empty subset of {_FAMILIES}; got {list(approaches)}")
+    for name, options in (("backbones", backbones), ("classifiers", classifiers)):
+        if "embeddings" in approaches and not list(options):
+            raise ValueError(f"{name} is empty: the embeddings approach needs at least one (or leave 'embeddings' "
+                             "out of approaches)")
     timings: dict[str, float] = {}
     notes: list[str] = []
     t0 = time.perf_counter()

@@ -363,6 +363,8 @@ def _resolve_labels(manifest: pd.DataFrame, labels) -> list[str]:
     if isinstance(labels, str):
         labels = [labels]
     labels = [str(c) for c in labels]
+    if not labels:
+        raise ValueError("labels is empty: name at least one label column to fine-tune on")
     missing = [c for c in labels if c not in manifest.columns]
     if missing:
         raise ManifestError(

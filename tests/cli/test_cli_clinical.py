@@ -93,3 +93,22 @@ def test_fit_stores_the_importance_and_evaluate_shows_it_before_the_saliency_map
     rc = main(["fit", *common, "--labels", "a", "--cv", "3", "--n-bootstrap", "20", "--clinical", "wbc",
                "--importance-permutations", "0", "--out", str(tmp_path / "b0")])
     assert rc == 0 and "importance" not in load_model(tmp_path / "b0").extra
+
+
+def test_an_empty_clinical_list_means_no_clinical_columns_and_pca_takes_whole_numbers(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    n = 40
+    ids = [f"img{i:03d}" for i in range(n)]
+    manifest = tmp_path / "labels.csv"
+    pd.DataFrame({"image_id": ids, "path": [f"images/{i}.png" for i in ids], "patient_id": [f"p{i // 2}" for i in range(n)],
+                  "a": np.tile([0.0, 1.0], n // 2)}).to_csv(manifest, index=False)
+    store = EmbeddingStore(tmp_path / "emb.h5")
+    with store.writer(types.SimpleNamespace(fingerprint="fp_e", config={"name": "demo"}, dim=6)) as w:
+        w.append(ids, rng.normal(size=(n, 6)).astype("float32"))
+    common = ["fit", "--store", str(store.path), "--manifest", str(manifest), "--labels", "a", "--cv", "2",
+              "--n-bootstrap", "0"]
+    assert main([*common, "--clinical", " ", "--pca", "2.0", "--out", str(tmp_path / "b")]) == 0, \
+        capsys.readouterr().err  # was "ClinicalFeatures takes a DataFrame" and a float n_components
+    assert load_model(tmp_path / "b").extra["clinical"] is None
+    assert main([*common, "--pca", "0", "--out", str(tmp_path / "c")]) == 2
+    assert "pca is a number of components" in capsys.readouterr().err
