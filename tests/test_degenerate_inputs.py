@@ -33,6 +33,9 @@ def test_clinical_importance_with_no_block():
     clinical = pd.DataFrame({"age": rng.normal(size=24)})
     with pytest.raises(ValueError, match="blocks is empty"):
         cxr_embed.clinical_importance(make_classifier("logreg"), X, y, g, clinical=clinical, blocks={}, n_splits=3)
+    with pytest.raises(ValueError, match="n_permutations"):  # was an importance of NaN
+        cxr_embed.clinical_importance(make_classifier("logreg"), X, y, g, clinical=clinical, n_permutations=0,
+                                      n_splits=3)
 
 
 def test_a_multilabel_target_needs_a_label_column():
@@ -136,3 +139,17 @@ def test_extracting_an_empty_manifest_says_so(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="cxr_embed"):
         report = cxr_embed.extract([], bb, tmp_path / "e.h5")
     assert report.n_done == 0 and "lists no images" in caplog.text
+
+
+def test_delong_with_one_image_of_a_class_has_no_p_value():
+    with pytest.warns(RuntimeWarning, match="at least 2 of each"):
+        a, b, z, p = cxr_embed.delong_test([0, 1, 0], [0.2, 0.3, 0.1], [0.3, 0.1, 0.2])
+    assert np.isnan(z) and np.isnan(p)  # was z = inf, p = 0: "significant" from one positive
+
+
+def test_boxes_of_a_finding_the_file_does_not_have(tmp_path):
+    path = tmp_path / "b.csv"
+    pd.DataFrame({"image_id": ["a"], "finding": ["Pneumonia"], "x": [1], "y": [1], "w": [2], "h": [2]}).to_csv(path)
+    assert len(cxr_embed.load_boxes(path, finding="PNEUMONIA")) == 1
+    with pytest.raises(cxr_embed.BoxFormatError, match=r"no box has the finding 'nope'.*\['pneumonia'\]"):
+        cxr_embed.load_boxes(path, finding="nope")  # was an empty table

@@ -117,7 +117,7 @@ def load_boxes(path, format: str = "auto", *, image_size=None, source_size=None,
     ------
     BoxFormatError
         Unknown layout, missing columns, non-finite or non-positive sizes, a box outside its image,
-        or a scaling that needs an image size that was not given.
+        a scaling that needs an image size that was not given, or no box of ``finding``.
 
     Examples
     --------
@@ -155,7 +155,11 @@ def load_boxes(path, format: str = "auto", *, image_size=None, source_size=None,
         raise BoxFormatError(f"{path}: the table has a header but no boxes")
     _check_finite(out, path)
     if finding is not None:
-        out = out[out["finding"] == str(finding).strip().lower()].reset_index(drop=True)
+        kept = out[out["finding"] == str(finding).strip().lower()].reset_index(drop=True)
+        if kept.empty:
+            raise BoxFormatError(f"{path}: no box has the finding {finding!r}; its findings are "
+                                 f"{sorted(out['finding'].unique())[:20]}; fix: pass one of them (or finding=None)")
+        out = kept
     scale: dict = {}
     if image_size is not None:
         out, scale = _scale(out, path, src, image_size)

@@ -483,6 +483,8 @@ def clinical_importance(estimator: Any, X: Any, y: Any, groups: Any, *, clinical
     groups = np.asarray(groups)
     if not (len(frame) == len(y) == len(groups)):
         raise ValueError(f"X has {len(frame)} rows, y {len(y)} and groups {len(groups)}; they must match")
+    if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 1:
+        raise ValueError(f"n_permutations must be an integer >= 1, got {n_permutations!r}")
     blocks = _default_blocks(frame, prefix) if blocks is None else {str(k): list(v) for k, v in blocks.items()}
     if not blocks:
         raise ValueError("blocks is empty: name at least one group of columns to permute, or pass None for "

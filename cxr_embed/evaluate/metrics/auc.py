@@ -227,7 +227,8 @@ def delong_test(y_true: ArrayLike, score_a: ArrayLike, score_b: ArrayLike) -> tu
     patient the variance is underestimated, so compare models at the patient level
     (e.g. one prediction per patient) or with a paired patient bootstrap.
     When both models rank every pair identically the variance of the difference is 0:
-    ``z = 0, p = 1`` if the AUCs are equal.
+    ``z = 0, p = 1`` if the AUCs are equal. With fewer than 2 images of a class the variance
+    cannot be estimated: ``z`` and ``p`` are NaN, with a warning (it used to say ``p = 0``).
 
     Examples
     --------
@@ -246,6 +247,11 @@ def delong_test(y_true: ArrayLike, score_a: ArrayLike, score_b: ArrayLike) -> tu
     b = _as_score_1d(score_b, y.shape[0], "score_b")
     _need_both_classes(y, "delong_test")
     aucs, cov = _fast_delong(np.vstack([a, b]), y)
+    n_pos = int(y.sum())
+    if min(n_pos, y.size - n_pos) < 2:
+        warnings.warn(f"delong_test: {n_pos} positive and {y.size - n_pos} negative image(s); the variance of an "
+                      "AUC needs at least 2 of each, so z and p are NaN", RuntimeWarning, stacklevel=2)
+        return float(aucs[0]), float(aucs[1]), math.nan, math.nan
     diff = aucs[0] - aucs[1]
     var = cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1]
     if var <= 1e-15:
