@@ -153,3 +153,11 @@ def test_boxes_of_a_finding_the_file_does_not_have(tmp_path):
     assert len(cxr_embed.load_boxes(path, finding="PNEUMONIA")) == 1
     with pytest.raises(cxr_embed.BoxFormatError, match=r"no box has the finding 'nope'.*\['pneumonia'\]"):
         cxr_embed.load_boxes(path, finding="nope")  # was an empty table
+
+
+def test_a_roc_of_no_scores_says_so(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="cxr_embed"):
+        cxr_embed.plot_roc([0, 1, 0, 1], [np.nan] * 4)
+    assert "no row with both a label and a finite score" in caplog.text and "single class" not in caplog.text

@@ -146,7 +146,10 @@ def plot_roc(y_true: ArrayLike, y_score: ArrayLike, *, labels: Sequence[str] | N
     ax = fig.add_subplot(1, 1, 1)
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance")
     for name, y, s in cols:
-        if y.size == 0 or y.min() == y.max():
+        if y.size == 0:
+            logger.warning("plot_roc: %r has no row with both a label and a finite score; no curve drawn", name)
+            continue
+        if y.min() == y.max():
             logger.warning("plot_roc: %r has a single class; no curve drawn", name)
             continue
         fpr, tpr, _ = roc_curve(y, s)
