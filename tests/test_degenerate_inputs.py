@@ -161,3 +161,18 @@ def test_a_roc_of_no_scores_says_so(caplog):
     with caplog.at_level(logging.WARNING, logger="cxr_embed"):
         cxr_embed.plot_roc([0, 1, 0, 1], [np.nan] * 4)
     assert "no row with both a label and a finite score" in caplog.text and "single class" not in caplog.text
+
+
+def test_explaining_no_image(tmp_path, caplog):
+    keras = pytest.importorskip("keras")
+    import logging
+
+    with pytest.raises(ValueError, match="limit must be"):
+        cxr_embed.explain_manifest(pd.DataFrame(columns=["image_id", "path"]), None, tmp_path / "a", limit=0)
+    assert not (tmp_path / "a").exists()
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(2, 3, name="conv"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(1, activation="sigmoid")])
+    with caplog.at_level(logging.WARNING, logger="cxr_embed"):
+        out = cxr_embed.explain_manifest(pd.DataFrame(columns=["image_id", "path"]), model, tmp_path / "b")
+    assert list(out.columns) == ["image_id", "path", "overlay", "score", "error"] and out.empty  # had no columns
+    assert "no image to explain" in caplog.text

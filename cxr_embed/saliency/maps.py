@@ -697,6 +697,8 @@ def explain_manifest(manifest, model, out_dir, *, backbone=None, method: str = "
 
     from ..exceptions import ImageReadError
 
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
+        raise ValueError(f"limit must be an integer >= 1 or None (every row), got {limit!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows, maps, ids = [], [], []
@@ -725,7 +727,9 @@ def explain_manifest(manifest, model, out_dir, *, backbone=None, method: str = "
         ids.append(str(image_id))
     if h5 and maps:
         save_saliency_h5(out / "saliency.h5", maps, ids=ids)
-    return pd.DataFrame(rows)
+    if not rows:
+        logger.warning("explain_manifest: no image to explain (%d manifest rows, limit %s)", len(manifest), limit)
+    return pd.DataFrame(rows, columns=["image_id", "path", "overlay", "score", "error"])
 
 
 class _Explainer:
