@@ -176,3 +176,13 @@ def test_explaining_no_image(tmp_path, caplog):
         out = cxr_embed.explain_manifest(pd.DataFrame(columns=["image_id", "path"]), model, tmp_path / "b")
     assert list(out.columns) == ["image_id", "path", "overlay", "score", "error"] and out.empty  # had no columns
     assert "no image to explain" in caplog.text
+
+
+def test_an_empty_metrics_table(tmp_path):
+    table = cxr_embed.evaluate_predictions(y, X[:, 0])
+    for bad in (table.iloc[:0], pd.DataFrame()):
+        with pytest.raises(cxr_embed.InvalidInputError, match="metrics has 0 rows"):
+            cxr_embed.format_metrics_table(bad)  # was pandas' "Empty DataFrame" text
+        with pytest.raises(cxr_embed.InvalidInputError, match="metrics has 0 rows"):
+            cxr_embed.write_report(tmp_path / "r", title="t", metrics=bad)
+    assert not (tmp_path / "r").exists()

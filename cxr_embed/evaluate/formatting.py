@@ -367,6 +367,11 @@ def format_metrics_table(metrics: pd.DataFrame, *, auc_only: bool = False, decim
     -------
     FormattedTable
 
+    Raises
+    ------
+    InvalidInputError
+        An empty table, or one without the ``label``, ``metric`` and ``value`` columns.
+
     Examples
     --------
     >>> import numpy as np
@@ -377,6 +382,11 @@ def format_metrics_table(metrics: pd.DataFrame, *, auc_only: bool = False, decim
     ['label', 'AUC [95% CI]', 'images', 'positives', 'patients']
     """
     m = pd.DataFrame(metrics)
+    if m.empty or not {"label", "metric", "value"}.issubset(m.columns):
+        from ..exceptions import InvalidInputError
+
+        raise InvalidInputError(f"metrics has {len(m)} rows and columns {list(m.columns)}: a metrics table from "
+                                "evaluate_predictions has rows and the columns label, metric, value")
     if auc_only:
         m = m[(m["metric"] == "auc") & (m["subgroup"] == "all")]
         m = m[[c for c in ("label", "value", "ci_low", "ci_high", "n", "n_pos", "n_groups") if c in m]]

@@ -558,7 +558,8 @@ def write_report(
     ------
     InvalidInputError
         ``importance`` is not an importance table (see :func:`check_importance`); ``y_true`` and
-        ``y_score`` are not both given, or have no rows or different numbers of rows.
+        ``y_score`` are not both given, or have no rows or different numbers of rows; ``metrics``
+        is empty or not a metrics table.
     FileNotFoundError, ValueError
         An image is missing or unusable (see :func:`check_image`).
 
@@ -576,6 +577,8 @@ def write_report(
         check_importance(importance)  # a malformed table fails before anything is written
     for path in (images or {}).values():
         check_image(path)
+    if metrics is not None:
+        format_metrics_table(metrics)  # an empty or foreign table fails before anything is written
     if (y_true is None) != (y_score is None):
         raise InvalidInputError("y_true and y_score go together: pass both for the ROC and calibration plots, or neither")
     if y_true is not None and (len(y_true) == 0 or len(y_true) != len(y_score)):
