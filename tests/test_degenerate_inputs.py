@@ -186,3 +186,9 @@ def test_an_empty_metrics_table(tmp_path):
         with pytest.raises(cxr_embed.InvalidInputError, match="metrics has 0 rows"):
             cxr_embed.write_report(tmp_path / "r", title="t", metrics=bad)
     assert not (tmp_path / "r").exists()
+
+
+def test_an_audit_of_embeddings_without_columns():
+    m = pd.DataFrame({"image_id": [str(i) for i in range(24)], "patient_id": g, "opacity": y})
+    with pytest.raises(cxr_embed.InvalidInputError, match="at least 2 rows and 1 column"):
+        cxr_embed.audit_embeddings(X[:, :0], m, label="opacity")  # was scikit-learn's "0 feature(s)"

@@ -440,8 +440,9 @@ def audit_embeddings(
         raise ManifestError(f"manifest must be a pandas DataFrame (e.g. cxr_embed.load_manifest); got "
                             f"{type(manifest).__name__}")
     X = np.asarray(X)
-    if X.ndim != 2 or X.shape[0] < 2:
-        raise InvalidInputError(f"X must be a 2-D array (n_images, dim) with at least 2 rows; got shape {X.shape}")
+    if X.ndim != 2 or X.shape[0] < 2 or X.shape[1] < 1:
+        raise InvalidInputError(f"X must be a 2-D array (n_images, dim) with at least 2 rows and 1 column; got shape "
+                                f"{X.shape}")
     if not np.issubdtype(X.dtype, np.floating):
         X = X.astype(np.float32)
     if not np.all(np.isfinite(X)):
