@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,16 @@ def sha256_file(path, chunk_size: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk_size), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def require_int(value: Any, name: str, least: int, *, also: str = "", hint: str = "") -> int:
+    """``value`` as an int of at least ``least``; else a ValueError naming ``name`` (bools are refused).
+
+    ``also`` names other accepted values (e.g. ``" or None (every row)"``), ``hint`` the way out.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}{also}, got {value!r}{hint}")
+    return int(value)
 
 
 def cache_dir(override=None) -> Path:

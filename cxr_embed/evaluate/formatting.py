@@ -22,6 +22,8 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from .._utils import require_int
+
 __all__ = [
     "format_number",
     "format_ci",
@@ -193,8 +195,7 @@ def format_table(df: pd.DataFrame, *, decimals: int = 3, rename: Mapping[str, st
     >>> format_table(t).to_dict("records")[1]
     {'approach': 'logreg', 'AUC [95% CI]': '0.849 [0.801, 0.891]', 'DeLong p': '<0.001', 'best': ''}
     """
-    if isinstance(decimals, bool) or not isinstance(decimals, (int, np.integer)) or decimals < 0:
-        raise ValueError(f"decimals must be an integer >= 0, got {decimals!r}")
+    require_int(decimals, "decimals", 0)
     level = ci if ci is not None else getattr(df, "attrs", {}).get("ci", 0.95)
     df = pd.DataFrame(df).reset_index(drop=True) if not isinstance(df.index, pd.RangeIndex) else pd.DataFrame(df)
     est = _ci_estimate(df)
@@ -343,6 +344,16 @@ class FormattedTable:
         return len(self.frame)
 
 
+def _check_metrics_table(metrics: pd.DataFrame) -> None:
+    """Raise :class:`~cxr_embed.InvalidInputError` unless ``metrics`` has rows and the columns
+    ``label``, ``metric`` and ``value`` (a table of :func:`~cxr_embed.evaluate_predictions`)."""
+    if len(metrics) == 0 or not {"label", "metric", "value"}.issubset(metrics.columns):
+        from ..exceptions import InvalidInputError
+
+        raise InvalidInputError(f"metrics has {len(metrics)} rows and columns {list(metrics.columns)}: a metrics "
+                                "table from evaluate_predictions has rows and the columns label, metric, value")
+
+
 def format_metrics_table(metrics: pd.DataFrame, *, auc_only: bool = False, decimals: int = 3,
                          max_rows: int = 12, caption: str | None = None) -> FormattedTable:
     """The tidy table of :func:`~cxr_embed.evaluate.metrics.evaluate_predictions` for people.
@@ -382,11 +393,7 @@ def format_metrics_table(metrics: pd.DataFrame, *, auc_only: bool = False, decim
     ['label', 'AUC [95% CI]', 'images', 'positives', 'patients']
     """
     m = pd.DataFrame(metrics)
-    if m.empty or not {"label", "metric", "value"}.issubset(m.columns):
-        from ..exceptions import InvalidInputError
-
-        raise InvalidInputError(f"metrics has {len(m)} rows and columns {list(m.columns)}: a metrics table from "
-                                "evaluate_predictions has rows and the columns label, metric, value")
+    _check_metrics_table(m)
     if auc_only:
         m = m[(m["metric"] == "auc") & (m["subgroup"] == "all")]
         m = m[[c for c in ("label", "value", "ci_low", "ci_high", "n", "n_pos", "n_groups") if c in m]]

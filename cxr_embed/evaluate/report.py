@@ -34,7 +34,7 @@ from numpy.typing import ArrayLike
 
 from ..exceptions import InvalidInputError
 from .figures import color_map, plot_calibration, plot_forest, plot_importance, plot_roc
-from .formatting import FormattedTable, format_metrics_table
+from .formatting import FormattedTable, _check_metrics_table, format_metrics_table
 from .metrics import metrics_to_json
 
 __all__ = ["Report", "write_report", "fragment_html", "image_data_uri", "check_image", "check_importance",
@@ -578,7 +578,7 @@ def write_report(
     for path in (images or {}).values():
         check_image(path)
     if metrics is not None:
-        format_metrics_table(metrics)  # an empty or foreign table fails before anything is written
+        _check_metrics_table(pd.DataFrame(metrics))  # an empty or foreign table fails before anything is written
     if (y_true is None) != (y_score is None):
         raise InvalidInputError("y_true and y_score go together: pass both for the ROC and calibration plots, or neither")
     if y_true is not None and (len(y_true) == 0 or len(y_true) != len(y_score)):

@@ -25,6 +25,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
+from .._utils import require_int
 from ..evaluate.figures import plot_importance  # re-exported: the figure lives with the report's figures
 from ..exceptions import ClinicalDataError
 from .classifiers import GroupedPipeline, make_classifier
@@ -483,8 +484,7 @@ def clinical_importance(estimator: Any, X: Any, y: Any, groups: Any, *, clinical
     groups = np.asarray(groups)
     if not (len(frame) == len(y) == len(groups)):
         raise ValueError(f"X has {len(frame)} rows, y {len(y)} and groups {len(groups)}; they must match")
-    if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 1:
-        raise ValueError(f"n_permutations must be an integer >= 1, got {n_permutations!r}")
+    require_int(n_permutations, "n_permutations", 1)
     blocks = _default_blocks(frame, prefix) if blocks is None else {str(k): list(v) for k, v in blocks.items()}
     if not blocks:
         raise ValueError("blocks is empty: name at least one group of columns to permute, or pass None for "

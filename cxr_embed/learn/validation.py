@@ -27,6 +27,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.utils import check_random_state
 
+from .._utils import require_int
 from ..exceptions import InsufficientDataError, LeakageError
 
 __all__ = [
@@ -249,10 +250,8 @@ class GroupedRepeatedKFold:
         return int(self.n_splits) * int(self.n_repeats)
 
     def _check_counts(self) -> None:
-        for name, least in (("n_splits", 2), ("n_repeats", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        require_int(self.n_splits, "n_splits", 2)
+        require_int(self.n_repeats, "n_repeats", 1)
 
     def split(self, X: Any, y: Any = None, groups: Any = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(train_idx, test_idx)`` index arrays, repeat by repeat.
@@ -698,13 +697,13 @@ def external_validation(estimator: Any, X_train: Any, y_train: Any, X_ext: Any, 
         a, lo, hi = _auc_ci(truth_ext[:, j], scores[:, j], g_ext, n_bootstrap=n_bootstrap,
                             random_state=rng.randint(np.iinfo(np.int32).max))
         known = ~np.isnan(truth_ext[:, j])
+        n_pos = int(np.nansum(truth_ext[:, j] == 1))
         if np.isnan(a):
-            n_pos = int(np.nansum(truth_ext[:, j] == 1))
             warnings.warn(f"external_validation: {name!r} has {n_pos} positive and {int(known.sum()) - n_pos} negative "
                           "external images with a known label; an AUC needs both, so it is NaN", UserWarning,
                           stacklevel=2)
         rows.append({"setting": "external", "label": name, "auc": a, "ci_low": lo, "ci_high": hi,
-                     "n": int(known.sum()), "n_pos": int(np.nansum(truth_ext[:, j] == 1)),
+                     "n": int(known.sum()), "n_pos": n_pos,
                      "n_patients": int(np.unique(g_ext[known]).size)})
     summary = pd.DataFrame(rows)
     if internal is not None:

@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .._utils import require_int
 from ..exceptions import BoxFormatError
 from ..io.boxes import boxes_to_mask, load_boxes
 from .faithfulness import energy_in_mask, random_saliency, saliency_iou
@@ -295,10 +296,9 @@ def evaluate_localization(model, manifest, boxes, *, backbone=None, label=None, 
     unknown = set(baselines) - set(BASELINES)
     if unknown:
         raise ValueError(f"unknown baseline(s) {sorted(unknown)}; choose among {BASELINES}")
-    if "random" in baselines and (isinstance(n_random, bool) or not isinstance(n_random, (int, np.integer))
-                                  or n_random < 1):
-        raise ValueError(f"n_random must be an integer >= 1 with the random baseline, got {n_random!r} "
-                         "(leave 'random' out of baselines to skip it)")
+    if "random" in baselines:
+        require_int(n_random, "n_random", 1, also=" with the random baseline",
+                    hint=" (leave 'random' out of baselines to skip it)")
     if top_fraction is not None and not 0 < top_fraction <= 1:
         raise ValueError(f"top_fraction is a share of the pixels in (0, 1], got {top_fraction!r}")
     region_masks = None

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .._utils import require_int
 from ..io.preprocessing import prepare_image, restore_map
 
 __all__ = ["explain", "Saliency", "METHODS", "AUTO_METHODS", "resolve_method", "explain_manifest", "save_overlay", "save_saliency_h5", "load_saliency_h5"]
@@ -697,8 +698,8 @@ def explain_manifest(manifest, model, out_dir, *, backbone=None, method: str = "
 
     from ..exceptions import ImageReadError
 
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
-        raise ValueError(f"limit must be an integer >= 1 or None (every row), got {limit!r}")
+    if limit is not None:
+        require_int(limit, "limit", 1, also=" or None (every row)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows, maps, ids = [], [], []

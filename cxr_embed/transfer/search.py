@@ -631,8 +631,8 @@ def search_pipeline(
         for cfg in chosen_cfgs:
             for pname, pcfg in zip(stress_names, stress_cfgs):
                 ids_p, X_p = emb.matrix(cfg, df, perturbation=pcfg)
-                for key, pcfg_, name, aug in pipes:
-                    if pcfg_ != cfg:
+                for key, cfg_, name, aug in pipes:
+                    if cfg_ != cfg:
                         continue
                     models = fitted[key]
                     rest = tuple(c for c in aug if c["name"] != pcfg["name"])
